@@ -1,0 +1,1 @@
+"""The distiller: expert trajectories, trajectory matching + MMD, budget fitting, packing."""

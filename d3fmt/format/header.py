@@ -1,0 +1,270 @@
+"""The JSON header: strict parsing, schema validation and the cross-field rules.
+
+The header is the only structured part of a .d3 file, so it carries all the meaning:
+image shape, classes, subtasks and which sections hold their tensors, the byte budget,
+provenance and evaluation records. This module turns header bytes into a dict and
+refuses anything a reader cannot trust (spec/format.md, "Header" and "Reader MUST
+reject"); it never touches section bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+from itertools import islice
+
+import jsonschema
+
+from d3fmt.errors import FormatError, LimitError
+from d3fmt.format.constants import CODECS, MAX_NAME_CHARS, MAX_TOTAL_RAW_BYTES
+from d3fmt.format.encoding import FLOAT_ENCODINGS, get_encoding, raw_size
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+_HASH = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    """Where one tensor lives in the file and how to decode it (one entry of "sections")."""
+
+    name: str
+    dtype: str  # the tensor encoding, a key of encoding.ENCODINGS
+    shape: tuple[int, ...]
+    offset: int  # absolute file offset of the stored bytes
+    stored_bytes: int
+    raw_bytes: int
+    codec: str  # "raw" | "zstd"
+    hash: str  # BLAKE2b-128 of the stored bytes, hex
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+# --------------------------------------------------------------------------- bytes <-> dict
+
+
+def dump_header(header: dict) -> bytes:
+    """Canonical header bytes: compact, sorted keys, UTF-8, no NaN (same dict, same bytes)."""
+    try:
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # also UnicodeEncodeError (lone surrogates)
+        msg = " ".join(str(exc).split())[:120]
+        raise FormatError(f"header is not plain JSON ({msg}); use str/int/float/bool/list/dict values") from None
+
+
+def _reject_constant(name: str):
+    raise FormatError(f"header JSON contains {name}; only finite numbers are allowed")
+
+
+def _unique_keys(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise FormatError(f"header JSON repeats the key {dup[:60]!r}; each key may appear once")
+    return d
+
+
+def parse_header(raw: bytes) -> dict:
+    """Header dict from its raw bytes: strict UTF-8, strict JSON, an object at the top."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"header is not valid UTF-8 (byte {exc.start}); the file is corrupt") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise FormatError("header JSON is nested too deeply; the file is corrupt or hostile") from None
+    except FormatError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and int() of absurdly long digit strings
+        raise FormatError(f"header is not valid JSON ({str(exc)[:120]}); the file is corrupt") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"header JSON is a {type(obj).__name__}, not an object; the file is corrupt")
+    return obj
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _strict_int(checker, value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@lru_cache(maxsize=1)
+def header_schema() -> dict:
+    """The JSON Schema shipped with the package (identical to spec/header.schema.json)."""
+    text = resources.files("d3fmt.format").joinpath("schema/header.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=1)
+def _validator_class():
+    base = jsonschema.Draft202012Validator
+    # JSON integers only: 3.0 is not a valid shape dimension, and true is not 1.
+    checker = base.TYPE_CHECKER.redefine("integer", _strict_int)
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _schema_validator(subschema: str | None = None):
+    schema = header_schema()
+    if subschema is not None:
+        schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{subschema}"}
+    return _validator_class()(schema)
+
+
+def validate_schema(header: dict, subschema: str | None = None, what: str = "header") -> None:
+    """Raise FormatError naming the first field that breaks the schema."""
+    try:
+        # A hostile header may break the schema a million times: rank the first few only.
+        errors = islice(_schema_validator(subschema).iter_errors(header), 20)
+        error = jsonschema.exceptions.best_match(errors)
+    except RecursionError:
+        raise FormatError(f"{what} is nested too deeply to validate") from None
+    if error is None:
+        return
+    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    message = " ".join(error.message.split())
+    if len(message) > 160:
+        message = message[:157] + "..."
+    raise FormatError(f"{what} field {where[:120]}: {message}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def parse_sections(entries: list) -> list[SectionInfo]:
+    """SectionInfo list from the schema-checked "sections" array, with the size rules.
+
+    Checks that need no file offsets: unique names, known encoding and codec, ndim and
+    size caps, raw_bytes == size implied by shape and encoding, raw codec stores as is.
+    """
+    sections: list[SectionInfo] = []
+    names: set[str] = set()
+    total_raw = 0
+    for i, e in enumerate(entries):
+        name = e["name"]
+        if len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
+            raise FormatError(f"section {i} has an invalid name {name[:60]!r}")
+        if name in names:
+            raise FormatError(f"section name {name!r} appears twice; names must be unique")
+        names.add(name)
+        get_encoding(e["dtype"])
+        if e["codec"] not in CODECS:
+            raise FormatError(f"section {name!r} uses unknown codec {e['codec'][:30]!r}; this reader knows raw, zstd")
+        if not _HASH.fullmatch(e["hash"]):
+            raise FormatError(f"section {name!r} hash is not 32 lowercase hex digits")
+        expected = raw_size(e["dtype"], e["shape"])
+        if e["raw_bytes"] != expected:
+            raise FormatError(
+                f"section {name!r} declares {e['raw_bytes']} raw bytes but {e['dtype']} of shape "
+                f"{e['shape']} needs {expected}; the file is corrupt"
+            )
+        if e["codec"] == "raw" and e["stored_bytes"] != e["raw_bytes"]:
+            raise FormatError(f"section {name!r} is stored raw but stored_bytes != raw_bytes")
+        total_raw += expected
+        if total_raw > MAX_TOTAL_RAW_BYTES:
+            raise LimitError(
+                f"sections together declare more than {MAX_TOTAL_RAW_BYTES} raw bytes (the cap)"
+            )
+        sections.append(
+            SectionInfo(name, e["dtype"], tuple(e["shape"]), e["offset"], e["stored_bytes"],
+                        e["raw_bytes"], e["codec"], e["hash"])
+        )
+    return sections
+
+
+# --------------------------------------------------------------------------- meaning
+
+
+def check_semantics(header: dict, sections: dict[str, SectionInfo]) -> None:
+    """Cross-field rules the schema cannot express (spec/format.md, rules 20-27)."""
+    k = header["num_classes"]
+    c = header["image_shape"][0]
+    if len(header["class_names"]) != k:
+        raise FormatError(f"header has {len(header['class_names'])} class_names for num_classes={k}")
+    norm = header["normalization"]
+    if len(norm["mean"]) != c or len(norm["std"]) != c:
+        raise FormatError(f"normalization mean/std need one value per channel ({c})")
+    seen: set[int] = set()
+    ids: set[int] = set()
+    all_soft = True
+    for i, sub in enumerate(header["subtasks"]):
+        if sub["id"] in ids:
+            raise FormatError(f"subtask id {sub['id']} appears twice")
+        ids.add(sub["id"])
+        classes = sub["classes"]
+        for cls in classes:
+            if cls >= k:
+                raise FormatError(f"subtask {i} names class {cls} but num_classes is {k}")
+            if cls in seen:
+                raise FormatError(f"class {cls} belongs to more than one subtask; subtasks must be disjoint")
+            seen.add(cls)
+        rows = len(classes) * sub["latents_per_class"]
+        tensors = sub["tensors"]
+        _check_tensor(sections, tensors["mu"], (rows, sub["z_dim"]), f"subtask {i} mu")
+        _check_tensor(sections, tensors["logvar"], (rows, sub["z_dim"]), f"subtask {i} logvar")
+        if "soft" in tensors:
+            _check_tensor(sections, tensors["soft"], (rows, k), f"subtask {i} soft labels")
+        else:
+            all_soft = False
+        for param, name in tensors["decoder"].items():
+            if name not in sections:
+                raise FormatError(f"subtask {i} decoder parameter {param[:60]!r} names missing section {name[:60]!r}")
+    if len(seen) != k and not header.get("partial", False):
+        missing = sorted(set(range(k)) - seen)[:5]
+        raise FormatError(
+            f"subtasks cover {len(seen)} of {k} classes (missing e.g. {missing}); "
+            "set \"partial\": true for a partial container"
+        )
+    if (header["labels"] == "soft") != all_soft:
+        raise FormatError('labels must be "soft" exactly when every subtask has a soft-label tensor')
+
+
+def _check_tensor(sections: dict[str, SectionInfo], name: str, shape: tuple[int, int], what: str) -> None:
+    info = sections.get(name)
+    if info is None:
+        raise FormatError(f"{what} names missing section {name[:60]!r}")
+    if info.shape != shape:
+        raise FormatError(f"{what} section {name!r} has shape {list(info.shape)}, expected {list(shape)}")
+    if info.dtype not in FLOAT_ENCODINGS:
+        raise FormatError(f"{what} section {name!r} uses {info.dtype}; it needs a float encoding")
+
+
+def validate_header(header: dict, sections: list[SectionInfo]) -> None:
+    """All header rules that need no file bytes: schema (with "sections") then meaning."""
+    validate_schema(header)
+    check_semantics(header, {s.name: s for s in sections})
+
+
+def check_eval_record(record: dict) -> None:
+    """FormatError unless ``record`` is a valid evaluation record (see "evals")."""
+    if not isinstance(record, dict):
+        raise FormatError("an evaluation record must be a JSON object")
+    validate_schema(record, "eval", what="evaluation record")
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def budget_fields(ipc: float, num_classes: int, image_shape, bytes_used: int) -> dict:
+    """The budget block: the byte cap and the file size in images-per-class equivalents.
+
+    One "image" is C*H*W float32 values (the literature's convention), so the cap is
+    ipc*K*C*H*W*4 bytes; the uint8 equivalent counts one byte per pixel value instead.
+    """
+    c, h, w = (int(v) for v in image_shape)
+    per_ipc_uint8 = num_classes * c * h * w
+    return {
+        "ipc": ipc,
+        "max_bytes": int(ipc * per_ipc_uint8 * 4),
+        "bytes_used": int(bytes_used),
+        "ipc_equivalent_fp32": round(bytes_used / (per_ipc_uint8 * 4), 6),
+        "ipc_equivalent_uint8": round(bytes_used / per_ipc_uint8, 6),
+    }

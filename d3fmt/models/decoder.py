@@ -1,0 +1,311 @@
+"""The D3 decoder: latent z [N, z_dim] -> image [N, C, H, W] in tanh space [-1, 1].
+
+One decoder is stored per subtask (class subset). It is rebuilt from its JSON config
+plus named tensors, so the config must say everything about the architecture and the
+state-dict names must never change (the .d3 file stores each tensor as a section
+``s{i}.dec.{name}``).
+
+Families (method.md, adapted to any square side ``image_size = start * 2**n``, n >= 1):
+
+- ``small``:  ``fc`` Linear z -> k*s*s, reshape to [k, s, s], ``fc_norm`` + LeakyReLU,
+  then n transposed-conv stages (kernel 4, stride 2, padding 1) that double the side
+  while halving channels, then ``head`` conv3x3 -> C, tanh.
+- ``medium``: the same linear start, then n-1 transposed-conv stages with kernel 3
+  (stride 2, padding 1, output_padding 1) and a final upsampling stage (nearest x2 +
+  conv3x3), then ``head``.
+- ``large``:  no linear layer: z is reshaped to [z_dim / (s*s), s, s]; then the medium
+  stages, the first one widening to k ("adds a wide stage at the top").
+
+Stage i outputs ``max(min_channels, k >> (i + 1))`` channels (large: ``k >> i``), so the
+width k can be any integer and the budget fitter can size the decoder continuously.
+
+State-dict names (stable; part of the file format):
+
+    fc.weight [k*s*s, z_dim], fc.bias [k*s*s]              small / medium
+    fc_norm.weight [k], fc_norm.bias [k]                  small / medium, norm="group"
+    stages.{i}.conv.weight  ConvTranspose2d: [c_in, c_out, K, K]; the final medium/large
+                            upsampling stage is a Conv2d: [c_out, c_in, 3, 3]
+    stages.{i}.conv.bias [c_out]                          only when norm="none"
+    stages.{i}.norm.weight [c_out], stages.{i}.norm.bias  norm="group"
+    head.weight [C, c_last, 3, 3], head.bias [C]
+
+Normalisation never depends on the batch (method.md): GroupNorm (groups = gcd of
+``norm_groups`` and the channel count) or none. A sample decoded alone equals the same
+sample decoded inside any batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from d3fmt.errors import ConfigError, FormatError
+
+FAMILIES = ("small", "medium", "large")
+NORMS = ("group", "none")
+# Hard caps, so that a hostile config cannot make us allocate a giant module.
+MAX_IMAGE_SIZE = 1024
+MAX_WIDTH = 4096
+MAX_Z_DIM = 1 << 16
+MAX_CHANNELS = 64
+LEAKY_SLOPE = 0.2
+
+
+def default_start_size(image_size: int) -> int:
+    """The small side the decoder starts from: halve while even and above 4, at least twice.
+
+    8 -> 2, 28 -> 7, 32 -> 4, 64 -> 4, 128 -> 4. Sides that cannot be halved even once
+    (odd sides) have no start size; the config then raises ConfigError.
+    """
+    side, halvings = image_size, 0
+    while side % 2 == 0 and (side > 4 or (halvings < 2 and side > 1)):
+        side //= 2
+        halvings += 1
+    return side
+
+
+@dataclass
+class DecoderConfig:
+    """Everything that defines a decoder's architecture; stored as JSON in the header."""
+
+    family: str  # "small" | "medium" | "large"
+    z_dim: int  # latent size
+    channels: int  # output image channels C
+    image_size: int  # output side H == W
+    width: int  # base channel count k at the first stage
+    start_size: int = 0  # side s the stages start from; 0 = default_start_size(image_size)
+    min_channels: int = 8  # floor of every stage's channel count
+    norm: str = "group"  # "group" (GroupNorm, batch-independent) | "none"
+    norm_groups: int = 8  # GroupNorm groups = gcd(norm_groups, channels of that layer)
+
+    def __post_init__(self):
+        if self.start_size == 0 and isinstance(self.image_size, int) and self.image_size > 0:
+            self.start_size = default_start_size(self.image_size)
+        self.validate()
+
+    # -- derived architecture -------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        """Number of resolution-doubling stages n: image_size = start_size * 2**n."""
+        return int(round(math.log2(self.image_size // self.start_size)))
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the [c, s, s] tensor that enters the first stage."""
+        if self.family == "large":
+            return self.z_dim // (self.start_size * self.start_size)
+        return self.width
+
+    def stage_channels(self) -> list[int]:
+        """Output channels of each stage, in order."""
+        shift = 0 if self.family == "large" else 1
+        return [max(self.min_channels, self.width >> (i + shift)) for i in range(self.num_stages)]
+
+    def groups(self, channels: int) -> int:
+        return math.gcd(self.norm_groups, channels)
+
+    # -- validation and JSON --------------------------------------------------------
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            want = str if f.name in ("family", "norm") else int
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(
+                    f"decoder config field {f.name!r} must be {want.__name__}, got {value!r}; fix the decoder config"
+                )
+        if self.family not in FAMILIES:
+            raise ConfigError(f"decoder family {self.family!r} is unknown; use one of {', '.join(FAMILIES)}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"decoder norm {self.norm!r} is unknown; use one of {', '.join(NORMS)}")
+        _check_range("z_dim", self.z_dim, 1, MAX_Z_DIM)
+        _check_range("channels", self.channels, 1, MAX_CHANNELS)
+        _check_range("image_size", self.image_size, 2, MAX_IMAGE_SIZE)
+        _check_range("width", self.width, 1, MAX_WIDTH)
+        _check_range("min_channels", self.min_channels, 1, MAX_WIDTH)
+        _check_range("norm_groups", self.norm_groups, 1, MAX_WIDTH)
+        _check_range("start_size", self.start_size, 1, self.image_size // 2)
+        ratio = self.image_size // self.start_size
+        if self.image_size % self.start_size or ratio & (ratio - 1):
+            raise ConfigError(
+                f"decoder image_size {self.image_size} is not start_size {self.start_size} times a power of two; "
+                "pick a start_size that halves down from the image side"
+            )
+        if self.family == "large" and self.z_dim % (self.start_size**2):
+            raise ConfigError(
+                f"large decoder needs z_dim divisible by start_size^2 = {self.start_size**2}, got {self.z_dim}; "
+                "choose z_dim as a multiple of it"
+            )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DecoderConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"decoder config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"decoder config has unknown keys {unknown}; remove them or upgrade d3fmt")
+        missing = [k for k in ("family", "z_dim", "channels", "image_size", "width") if k not in d]
+        if missing:
+            raise ConfigError(f"decoder config is missing keys {missing}; the file or config is incomplete")
+        return cls(**d)
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"decoder {name}={value} is out of range [{lo}, {hi}]; fix the decoder config")
+
+
+def _as_config(cfg) -> DecoderConfig:
+    return cfg if isinstance(cfg, DecoderConfig) else DecoderConfig.from_json(cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter shapes without building the module (the budget fitter calls this a lot).
+# ---------------------------------------------------------------------------------------
+
+
+def decoder_param_shapes(cfg: DecoderConfig | dict) -> dict[str, tuple[int, ...]]:
+    """State-dict name -> shape, in state-dict order, computed without building anything."""
+    cfg = _as_config(cfg)
+    grouped = cfg.norm == "group"
+    s, k = cfg.start_size, cfg.width
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.family != "large":
+        shapes["fc.weight"] = (k * s * s, cfg.z_dim)
+        shapes["fc.bias"] = (k * s * s,)
+        if grouped:
+            shapes["fc_norm.weight"] = (k,)
+            shapes["fc_norm.bias"] = (k,)
+    c_in = cfg.input_channels
+    outs = cfg.stage_channels()
+    for i, c_out in enumerate(outs):
+        upsample = cfg.family != "small" and i == len(outs) - 1
+        if upsample:
+            shapes[f"stages.{i}.conv.weight"] = (c_out, c_in, 3, 3)
+        else:
+            kernel = 4 if cfg.family == "small" else 3
+            shapes[f"stages.{i}.conv.weight"] = (c_in, c_out, kernel, kernel)
+        if grouped:
+            shapes[f"stages.{i}.norm.weight"] = (c_out,)
+            shapes[f"stages.{i}.norm.bias"] = (c_out,)
+        else:
+            shapes[f"stages.{i}.conv.bias"] = (c_out,)
+        c_in = c_out
+    shapes["head.weight"] = (cfg.channels, c_in, 3, 3)
+    shapes["head.bias"] = (cfg.channels,)
+    return shapes
+
+
+def decoder_param_count(cfg: DecoderConfig | dict) -> int:
+    """Exact number of stored values of a decoder (parameters; it has no buffers)."""
+    return sum(math.prod(shape) for shape in decoder_param_shapes(cfg).values())
+
+
+# ---------------------------------------------------------------------------------------
+# The module.
+# ---------------------------------------------------------------------------------------
+
+
+class Stage(nn.Module):
+    """One resolution-doubling stage: conv (transposed, or upsample + conv) -> norm -> LeakyReLU."""
+
+    def __init__(self, cfg: DecoderConfig, c_in: int, c_out: int, kind: str):
+        super().__init__()
+        bias = cfg.norm == "none"
+        if kind == "tconv4":
+            self.conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=bias)
+        elif kind == "tconv3":
+            self.conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=bias)
+        else:  # "upsample": nearest x2 then a 3x3 conv
+            self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
+        self.upsample = kind == "upsample"
+        self.norm = nn.GroupNorm(cfg.groups(c_out), c_out) if cfg.norm == "group" else nn.Identity()
+        self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)  # in place: one less full-size buffer
+
+    def forward(self, x):  # [N, c_in, h, w] -> [N, c_out, 2h, 2w]
+        if self.upsample:
+            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return self.act(self.norm(self.conv(x)))
+
+
+class Decoder(nn.Module):
+    """z [N, z_dim] -> x [N, C, H, W] in tanh space. See the module docstring for names."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        s, k = cfg.start_size, cfg.width
+        if cfg.family != "large":
+            self.fc = nn.Linear(cfg.z_dim, k * s * s)
+            self.fc_norm = nn.GroupNorm(cfg.groups(k), k) if cfg.norm == "group" else nn.Identity()
+            self.fc_act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+        stages, c_in = [], cfg.input_channels
+        outs = cfg.stage_channels()
+        for i, c_out in enumerate(outs):
+            if cfg.family == "small":
+                kind = "tconv4"
+            else:
+                kind = "upsample" if i == len(outs) - 1 else "tconv3"
+            stages.append(Stage(cfg, c_in, c_out, kind))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Conv2d(c_in, cfg.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cfg, s = self.cfg, self.cfg.start_size
+        n = z.shape[0]
+        if cfg.family == "large":
+            x = z.reshape(n, cfg.input_channels, s, s)  # [N, z/(s*s), s, s]
+        else:
+            x = self.fc(z).reshape(n, cfg.width, s, s)  # [N, k, s, s]
+            x = self.fc_act(self.fc_norm(x))
+        for stage in self.stages:
+            x = stage(x)  # side doubles each stage
+        return torch.tanh(self.head(x))  # [N, C, H, W] in [-1, 1]
+
+
+def build_decoder(config_json: dict | DecoderConfig, tensors: dict | None = None) -> Decoder:
+    """Rebuild a decoder from its JSON config and (optionally) its named tensors.
+
+    ``tensors`` maps state-dict names to numpy arrays or torch tensors. Loading is strict:
+    a missing, unexpected or wrongly shaped tensor raises FormatError, checked against the
+    shapes computed from the config *before* anything is allocated. Without tensors the
+    decoder is randomly initialised (what the distiller starts from). Returned in eval mode.
+    """
+    cfg = _as_config(config_json)
+    if tensors is not None:
+        _check_tensors(cfg, tensors)
+    decoder = Decoder(cfg)
+    if tensors is not None:
+        state = {name: _to_tensor(value) for name, value in tensors.items()}
+        decoder.load_state_dict(state, strict=True)
+    return decoder.eval()
+
+
+def _check_tensors(cfg: DecoderConfig, tensors: dict) -> None:
+    shapes = decoder_param_shapes(cfg)
+    missing = [n for n in shapes if n not in tensors]
+    unexpected = sorted(n for n in tensors if n not in shapes)
+    if missing:
+        raise FormatError(f"decoder tensors missing: {missing[:5]}; the file is incomplete or its config is wrong")
+    if unexpected:
+        raise FormatError(f"unexpected decoder tensors: {unexpected[:5]}; the file does not match its decoder config")
+    for name, shape in shapes.items():
+        got = tuple(tensors[name].shape)
+        if got != shape:
+            raise FormatError(
+                f"decoder tensor {name!r} has shape {list(got)}, config needs {list(shape)}; the file is inconsistent"
+            )
+
+
+def _to_tensor(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))

@@ -1,0 +1,196 @@
+"""What every dataset source is: labelled records in parts, streamed as uint8 batches.
+
+A source kind (ImageFolder, webdataset shards, IDX, npz, digits) only has to say which
+records exist, what their labels are, and how to decode a sorted run of them. Everything
+the distiller relies on -- split resolution, class subsets, fixed-size batches, bad-image
+policy, counts -- lives here once, so every kind behaves the same.
+
+Memory rule: labels (int64 per record) and a per-record index (paths or offsets) are held
+in memory; pixels never are, except the one batch being assembled.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from d3fmt.errors import ConfigError, SourceError
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class SourceInfo:
+    """What a source holds, known without decoding a single image."""
+
+    name: str                           # human description, e.g. "imagefolder:/data/x (train/)"
+    num_classes: int
+    class_names: list[str]
+    image_shape: tuple[int, int, int]   # (C, H, W) after resizing
+    num_train: int
+    num_test: int | None                # None when the source has no held-out split
+    content_hash: str                   # stable hex digest identifying the data
+
+
+@dataclass
+class BadImages:
+    """The bad-image policy of one source: raise a SourceError naming the file, or skip.
+
+    Skipped images are counted once each (by part and record id), however many times
+    the source is iterated, so ``Source.skipped`` is the number of distinct bad files
+    found so far.
+    """
+
+    skip: bool = False
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    files: list[str] = field(default_factory=list)
+
+    def handle(self, part_id: int, record: int, where: str, err: BaseException) -> None:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not self.skip:
+            raise SourceError(
+                f"cannot decode image {where} ({reason}); fix or delete the file, "
+                "or pass --skip-bad to skip unreadable images"
+            ) from None
+        key = (part_id, record)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.files.append(where)
+
+
+class Part(abc.ABC):
+    """One physical set of labelled records (a directory tree, a set of shards, one
+    IDX image/label pair, one npz x/y pair). Record ids are 0..N-1 in a fixed order."""
+
+    labels: np.ndarray   # int64 [N], global class ids
+    part_id: int = 0     # distinguishes parts in the bad-image tally
+
+    @abc.abstractmethod
+    def read(self, ids: np.ndarray, chunk: int, bad: BadImages
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Decode the records ``ids`` (sorted, unique) in order.
+
+        Yields ``(ids_read int64 [n], images uint8 [n, C, H, W])`` with n <= chunk;
+        bad records are reported to ``bad`` (which raises or records them) and left out.
+        """
+
+
+def check_class_ids(classes: Sequence[int] | np.ndarray | None, num_classes: int
+                    ) -> np.ndarray | None:
+    """Validate a class subset; returns sorted unique int64 ids (or None for all)."""
+    if classes is None:
+        return None
+    ids = np.unique(np.asarray(list(classes), dtype=np.int64))
+    if ids.size == 0:
+        raise ConfigError("empty class subset; give at least one class id")
+    if ids[0] < 0 or ids[-1] >= num_classes:
+        raise ConfigError(
+            f"class ids must lie in 0..{num_classes - 1}, got {ids.tolist()[:8]}; "
+            "use ids of the source's class_names"
+        )
+    return ids
+
+
+class Source:
+    """A dataset to distil: class names, shapes, and streamed uint8 batches per split.
+
+    Built by :func:`d3fmt.sources.open_source`; the train split and the test split are
+    each a part plus a sorted array of its record ids (a holdout carves both out of the
+    same part, disjointly).
+    """
+
+    def __init__(self, info: SourceInfo, train: tuple[Part, np.ndarray],
+                 test: tuple[Part, np.ndarray] | None, bad: BadImages):
+        self.info = info
+        self._splits = {"train": train, "test": test}
+        self._bad = bad
+
+    @property
+    def skipped(self) -> int:
+        """Bad images skipped so far (only with ``skip_bad=True``; 0 otherwise)."""
+        return len(self._bad.seen)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Where the skipped images are (file path, or shard:member), in the order found."""
+        return list(self._bad.files)
+
+    def __repr__(self) -> str:
+        return f"Source({self.info.name!r}, classes={self.info.num_classes}, shape={self.info.image_shape})"
+
+    def _records(self, split: str, classes) -> tuple[Part, np.ndarray]:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; use 'train' or 'test'")
+        entry = self._splits[split]
+        if entry is None:
+            raise ConfigError(
+                f"source {self.info.name} has no test split; pass a test source (--test) "
+                "or a holdout fraction"
+            )
+        part, ids = entry
+        wanted = check_class_ids(classes, self.info.num_classes)
+        if wanted is not None:
+            ids = ids[np.isin(part.labels[ids], wanted)]
+        return part, ids
+
+    def iter_batches(self, split: str = "train", classes=None, batch_size: int = 256
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream ``(images uint8 [N, C, H, W], labels int64 [N])`` in the source's fixed
+        order. Every batch has ``batch_size`` items except the last. With ``classes``,
+        only records of those global class ids are decoded (other files are not read)."""
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = int(batch_size)
+        part, ids = self._records(split, classes)
+        held_x: list[np.ndarray] = []
+        held_y: list[np.ndarray] = []
+        held = 0
+        for got, images in part.read(ids, batch_size, self._bad):
+            held_x.append(images)
+            held_y.append(part.labels[got])
+            held += len(got)
+            while held >= batch_size:
+                x = np.concatenate(held_x)   # [held, C, H, W]
+                y = np.concatenate(held_y)   # [held]
+                yield x[:batch_size], y[:batch_size]
+                held_x, held_y = [x[batch_size:]], [y[batch_size:]]
+                held -= batch_size
+        if held:
+            yield np.concatenate(held_x), np.concatenate(held_y)
+
+    def load(self, split: str = "train", classes=None) -> tuple[np.ndarray, np.ndarray]:
+        """All images of a split (or of a class subset) in one array: for small sources
+        or one federated subset. Allocated once at full size, filled batch by batch."""
+        part, ids = self._records(split, classes)
+        c, h, w = self.info.image_shape
+        x = np.empty((len(ids), c, h, w), dtype=np.uint8)   # [N, C, H, W]
+        y = np.empty((len(ids),), dtype=np.int64)           # [N]
+        n = 0
+        for got, images in part.read(ids, 256, self._bad):
+            x[n:n + len(got)] = images
+            y[n:n + len(got)] = part.labels[got]
+            n += len(got)
+        return x[:n], y[:n]
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Records per class (int64 [num_classes]); bad images not yet found are counted."""
+        part, ids = self._records(split, None)
+        return np.bincount(part.labels[ids], minlength=self.info.num_classes).astype(np.int64)
+
+
+@dataclass
+class SourceParts:
+    """What one source kind's opener found, before the test split is resolved."""
+
+    kind: str                  # "imagefolder" | "webdataset" | "idx" | "npz" | "digits"
+    name: str                  # e.g. "imagefolder:/data/x (train/)"
+    class_names: list[str]
+    channels: int              # C after conversion
+    side: int                  # H == W after resizing
+    train: Part
+    test: Part | None          # the source's own held-out part, if it has one
+    test_name: str | None      # how that part is called, e.g. "val/", "t10k", "x_test"
+    content_hash: str

@@ -1,0 +1,94 @@
+"""The budget fitter: every written file stays within 80-100% of its byte cap."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from d3fmt.distill.budget import BudgetRequest, fit_budget, gaussian_ratios, section_bytes
+from d3fmt.distill.pack import PackConfig, dummy_results, make_header, partition_classes, tensors_of
+from d3fmt.errors import BudgetError, ConfigError
+from d3fmt.format import D3Container, D3Reader, write_d3
+from d3fmt.sources.base import SourceInfo
+
+CASES = [  # (classes, (C, H, W), budget images per class, subtasks)
+    (10, (1, 8, 8), 10, 1),
+    (10, (1, 8, 8), 50, 2),
+    (10, (1, 28, 28), 1, 1),
+    (10, (1, 28, 28), 10, 1),
+    (10, (1, 28, 28), 50, 1),
+    (10, (3, 32, 32), 2, 1),
+    (20, (3, 32, 32), 10, 4),
+    (100, (3, 64, 64), 1, 5),
+]
+
+
+def _info(k, shape):
+    return SourceInfo(name="test", num_classes=k, class_names=[f"c{i}" for i in range(k)], image_shape=shape,
+                      num_train=100, num_test=10, content_hash="ab" * 8)
+
+
+def _fit_and_write(tmp_path, k, shape, ipc, subtasks, **overrides):
+    info, parts = _info(k, shape), partition_classes(k, subtasks)
+    cfg = PackConfig(source="test", output=str(tmp_path / "x.d3"), budget=ipc, subtasks=subtasks)
+    max_bytes = int(ipc * k * shape[0] * shape[1] * shape[2] * 4)
+    ones = [0.5] * shape[0]
+    header_of = lambda p: make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)  # noqa: E731
+    from d3fmt.distill.pack import measure_plan
+
+    req = BudgetRequest(num_classes=k, image_shape=shape, max_bytes=max_bytes, subtask_classes=[len(p) for p in parts],
+                        ipc=ipc, reserve=384, ratios=gaussian_ratios(), **overrides)
+    plan = fit_budget(req, measure=lambda p: measure_plan(header_of, p))
+    header = header_of(plan)
+    results, soft = dummy_results(header, plan)
+    tensors, encodings = tensors_of(header, plan, results, soft)
+    size = write_d3(tmp_path / "x.d3", D3Container(header, tensors, encodings))
+    return plan, size, max_bytes
+
+
+@pytest.mark.parametrize("k,shape,ipc,subtasks", CASES)
+def test_written_file_uses_80_to_100_percent(tmp_path, k, shape, ipc, subtasks):
+    plan, size, max_bytes = _fit_and_write(tmp_path, k, shape, ipc, subtasks)
+    assert 0.80 * max_bytes <= size <= max_bytes, (plan.choices(), size / max_bytes)
+    with D3Reader(tmp_path / "x.d3") as r:
+        assert r.header["budget"]["bytes_used"] == size == r.file_bytes
+        assert r.header["budget"]["choices"]["width"] == plan.width
+        assert len(r.header["subtasks"]) == subtasks
+
+
+def test_too_small_budget_names_the_smallest_that_fits(tmp_path):
+    req = BudgetRequest(num_classes=10, image_shape=(1, 8, 8), max_bytes=1000, subtask_classes=[10], ipc=0.4)
+    with pytest.raises(BudgetError) as err:
+        fit_budget(req)
+    suggested = float(re.search(r"--budget ([0-9.]+)", str(err.value)).group(1))
+    assert suggested > 0.4
+    plan = fit_budget(BudgetRequest(num_classes=10, image_shape=(1, 8, 8), subtask_classes=[10], ipc=suggested,
+                                    max_bytes=int(suggested * 10 * 64 * 4)))
+    assert plan.estimated_bytes <= suggested * 10 * 64 * 4
+
+
+def test_overrides_are_kept(tmp_path):
+    plan, size, max_bytes = _fit_and_write(tmp_path, 10, (1, 28, 28), 10, 1, family="small", z_dim=32,
+                                           latents_per_class=3, weight_encoding="float16")
+    assert (plan.family, plan.z_dim, plan.latents_per_class, plan.weight_encoding) == ("small", 32, 3, "float16")
+    assert size <= max_bytes
+
+
+def test_larger_budget_uses_more_bytes_and_keeps_family_fixed_when_asked():
+    used, widths = [], []
+    for ipc in (1, 2, 10, 50):
+        req = BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=ipc * 31360, subtask_classes=[10],
+                            ipc=ipc, family="small", z_dim=32, weight_encoding="int8")
+        plan = fit_budget(req)
+        assert plan.estimated_bytes <= ipc * 31360
+        used.append(plan.estimated_bytes)
+        widths.append(plan.width)
+    assert used == sorted(used) and widths == sorted(widths) and widths[0] < widths[-1]
+
+
+def test_section_bytes_int8_counts_scales():
+    assert section_bytes((4, 3), "int8") == 16 + 12 + 4  # scales + values, aligned to 8
+    assert section_bytes((5,), "float16") == 16
+    with pytest.raises(ConfigError):
+        section_bytes((5,), "bfloat17")

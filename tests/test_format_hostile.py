@@ -1,0 +1,305 @@
+"""The hostile corpus: one crafted file per MUST-reject rule of spec/format.md section 7.
+
+Each case builds a file that breaks exactly one rule (everything else, hashes included,
+is made consistent by `craft`), then asserts the exception class AND a message fragment,
+so a reader that rejects for the wrong reason fails the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+
+import numpy as np
+import pytest
+import zstandard
+
+from d3fmt.errors import FormatError, IntegrityError, LimitError, UnsupportedVersionError
+from d3fmt.format import D3Reader, encode_d3
+from d3fmt.format.constants import MAGIC, PREAMBLE_BYTES
+from d3fmt.format.example import example_container
+from d3fmt.format.layout import Preamble, align, digest
+
+
+def base(encoding: str = "float32", num_classes: int = 4, num_subtasks: int = 2, soft: bool = True):
+    """(header with sections, {name: stored bytes}) of a valid raw, uncompressed file."""
+    data = encode_d3(example_container(num_classes=num_classes, num_subtasks=num_subtasks, soft=soft,
+                                       encoding=encoding), codec="raw", compress_header=False)
+    stored_len = struct.unpack_from("<Q", data, 16)[0]
+    header = json.loads(data[PREAMBLE_BYTES:PREAMBLE_BYTES + stored_len])
+    stored = {s["name"]: data[s["offset"]:s["offset"] + s["stored_bytes"]] for s in header["sections"]}
+    return header, stored
+
+
+def craft(header, stored, *, layout=True, used=True, hashes=True, header_bytes=None, compress=False,
+          flags=None, major=1, minor=0, magic=MAGIC, stored_len=None, raw_len=None, header_hash=None,
+          extra_pad=0, pad_byte=b"\0", tail=b"", truncate=None, after_layout=None) -> bytes:
+    """File bytes from a header dict and stored section bytes, consistent unless told otherwise.
+
+    layout: recompute offsets/stored_bytes (the spec's fixed point, plus extra_pad);
+    used: bytes_used = file size; hashes: section hashes from the stored bytes;
+    after_layout(header): a last edit applied inside the fixed point (e.g. to an offset).
+    """
+    header = copy.deepcopy(header)
+    secs = header.get("sections", [])
+    secs = [s for s in secs if isinstance(s, dict)] if isinstance(secs, list) else []  # tolerate fuzzed headers
+    data = [stored.get(s.get("name"), b"") if isinstance(s.get("name"), str) else b"" for s in secs]
+    if hashes:
+        for s, d in zip(secs, data):
+            s["hash"] = digest(d).hex()
+    rel, pos = [], 0
+    for s, d in zip(secs, data):
+        pos = align(pos)
+        rel.append(pos)
+        if layout:
+            s["stored_bytes"] = len(d)
+        pos += len(d)
+    budget = header.get("budget")
+    first = 0
+    for _ in range(20):
+        if layout:
+            for s, r in zip(secs, rel):
+                s["offset"] = first + r
+        if after_layout is not None:
+            after_layout(header)
+        if used and isinstance(budget, dict):
+            budget["bytes_used"] = first + extra_pad + pos + len(tail)
+        raw = header_bytes if header_bytes is not None else json.dumps(
+            header, sort_keys=True, separators=(",", ":")).encode()
+        hb = zstandard.ZstdCompressor(level=3).compress(raw) if compress else raw
+        need = align(PREAMBLE_BYTES + len(hb))
+        if not layout or need <= first:
+            break
+        first = need
+    if layout and extra_pad:
+        for s, r in zip(secs, rel):
+            s["offset"] = first + extra_pad + r
+        raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        hb = zstandard.ZstdCompressor(level=3).compress(raw) if compress else raw
+    pre = Preamble(
+        len(hb) if stored_len is None else stored_len,
+        len(raw) if raw_len is None else raw_len,
+        digest(hb) if header_hash is None else header_hash,
+        (1 if compress else 0) if flags is None else flags, major, minor, magic,
+    ).pack()
+    out = bytearray(pre + hb)
+    for s, d in zip(secs, data):
+        offset = s.get("offset")
+        if not isinstance(offset, int) or offset > len(out) + 2**20:
+            continue  # nothing sensible to place
+        if offset >= len(out):
+            out += pad_byte * (offset - len(out))
+        out += d
+    out += tail
+    return bytes(out if truncate is None else out[:truncate])
+
+
+def frame(payload: bytes, *, content_size: int | None, window_log: int | None = None) -> bytes:
+    """A hand-made zstd frame with one raw block (to forge sizes libzstd would never write)."""
+    if window_log is None:  # single segment: window = content size
+        fhd = 0x80 | 0x20
+        return (b"\x28\xb5\x2f\xfd" + bytes([fhd]) + struct.pack("<I", content_size)
+                + struct.pack("<I", (len(payload) << 3) | 1)[:3] + payload)
+    if content_size is None:
+        fhd, fcs = 0x00, b""
+    else:
+        fhd, fcs = 0x80, struct.pack("<I", content_size)
+    return (b"\x28\xb5\x2f\xfd" + bytes([fhd, (window_log - 10) << 3]) + fcs
+            + struct.pack("<I", (len(payload) << 3) | 1)[:3] + payload)
+
+
+def open_all(path):
+    """Everything a reader can be asked to do with a file."""
+    reader = D3Reader(path)
+    reader.verify()
+    reader.load()
+
+
+def with_(edit, **kw):
+    """A case: edit(header, stored) in place on a fresh base, then craft with kw."""
+    def build():
+        header, stored = base()
+        edit(header, stored)
+        return craft(header, stored, **kw)
+    return build
+
+
+def sec(header, name):
+    return next(s for s in header["sections"] if s["name"] == name)
+
+
+def nothing(h, s):
+    return None
+
+
+def set_first_offset(h, s, value):
+    h["sections"][0]["offset"] = value
+
+
+def replace_section(name, stored_bytes, **fields):
+    def edit(h, s):
+        s[name] = stored_bytes
+        sec(h, name).update(fields)
+    return edit
+
+
+W = np.arange(6, dtype="<f4").tobytes()  # 24 bytes: s0.mu of the base is [2, 2] -> 16; see cases
+
+CASES = {
+    # --- preamble
+    "01_truncated_preamble": (lambda: craft(*base())[:30], FormatError, "truncated"),
+    "01_truncated_magic": (lambda: MAGIC[:5], FormatError, "truncated"),
+    "02_wrong_magic": (with_(nothing, magic=b"PK\x03\x04\0\0\0\0"), FormatError, "wrong magic"),
+    "02_empty_file": (lambda: b"", FormatError, "truncated"),
+    "03_major_version": (with_(nothing, major=2), UnsupportedVersionError, "version 2.0"),
+    "04_unknown_flags": (with_(nothing, flags=0x10), FormatError, "unknown flag bits 0x10"),
+    "05_header_stored_cap": (with_(nothing, stored_len=16 * 2**20 + 1), LimitError, "header stored length"),
+    "05_header_raw_cap": (with_(nothing, compress=True, raw_len=2**40), LimitError, "header raw length"),
+    "06_header_beyond_file": (with_(nothing, stored_len=10**6), FormatError, "the header needs"),
+    "06_header_zero_length": (with_(nothing, stored_len=0), FormatError, "header length is zero"),
+    "07_raw_len_mismatch": (with_(nothing, raw_len=5), FormatError, "raw length different"),
+    # --- header bytes
+    "08_header_hash": (with_(nothing, header_hash=bytes(16)), IntegrityError, "header hash mismatch"),
+    "09_header_not_zstd": (with_(nothing, flags=1), FormatError, "not a valid zstd frame"),
+    "09_header_frame_too_big": (
+        with_(nothing, flags=1, header_bytes=None, compress=True, raw_len=100), FormatError, "would decompress to"),
+    "09_header_frame_no_size": (
+        with_(nothing, flags=1, header_bytes=b"{}", stored_len=None), FormatError, "not a valid zstd frame"),
+    "10_bad_utf8": (with_(nothing, header_bytes=b'{"a":"\xff\xfe"}', layout=False), FormatError, "not valid UTF-8"),
+    "11_bad_json": (with_(nothing, header_bytes=b'{"a":', layout=False), FormatError, "not valid JSON"),
+    "11_nan": (with_(nothing, header_bytes=b'{"a":NaN}', layout=False), FormatError, "NaN"),
+    "11_infinity": (with_(nothing, header_bytes=b'{"a":-Infinity}', layout=False), FormatError, "Infinity"),
+    "11_duplicate_key": (with_(nothing, header_bytes=b'{"a":1,"a":2}', layout=False), FormatError, "repeats the key 'a'"),
+    "11_not_object": (with_(nothing, header_bytes=b"[1,2]", layout=False), FormatError, "not an object"),
+    "11_deep_nesting": (with_(nothing, header_bytes=b"[" * 200000, layout=False), FormatError, "nested too deeply"),
+    "11_huge_integer": (with_(nothing, header_bytes=b'{"a":' + b"9" * 5000 + b"}", layout=False),
+                        FormatError, "not valid JSON"),
+    # --- schema
+    "12_missing_key": (with_(lambda h, s: h.pop("budget")), FormatError, "'budget' is a required property"),
+    "12_float_for_int": (with_(lambda h, s: h.update(num_classes=4.0)), FormatError, "field num_classes"),
+    "12_bool_for_int": (with_(lambda h, s: h.update(samples_per_class=True)), FormatError, "field samples_per_class"),
+    "12_accuracy_range": (
+        with_(lambda h, s: h["evals"].append({"model": "m", "protocol": "p", "test_set": "t", "accuracy": 71.2,
+                                             "std": 0.1, "runs": 1, "epochs": 1, "date": "d"})),
+        FormatError, "field evals/0/accuracy"),
+    "12_bad_hash_text": (with_(lambda h, s: h["sections"][0].update(hash="XYZ"), hashes=False),
+                         FormatError, "field sections/0/hash"),
+    # --- sections
+    "13_duplicate_name": (with_(lambda h, s: h["sections"][1].update(name=h["sections"][0]["name"]), hashes=False),
+                          FormatError, "appears twice"),
+    "13_bad_name": (with_(lambda h, s: s.update({"a b": s[h["sections"][0]["name"]]})
+                          or h["sections"][0].update(name="a b")),
+                    FormatError, "field sections/0/name"),
+    "14_unknown_dtype": (with_(lambda h, s: h["sections"][0].update(dtype="bfloat16")),
+                         FormatError, "unknown tensor encoding 'bfloat16'"),
+    "14_unknown_codec": (with_(lambda h, s: h["sections"][0].update(codec="lz4")), FormatError, "unknown codec 'lz4'"),
+    "15_ndim": (with_(lambda h, s: h["sections"][0].update(shape=[1] * 9)), LimitError, "9 dimensions"),
+    "15_shape_overflow": (with_(lambda h, s: h["sections"][0].update(shape=[2**40, 2**40], raw_bytes=0, codec="zstd")),
+                          LimitError, "per-section cap"),
+    "15_total_cap": (
+        with_(lambda h, s: [x.update(shape=[2**28], raw_bytes=2**30, codec="zstd") for x in h["sections"][:5]]),
+        LimitError, "together declare"),
+    "16_raw_bytes_mismatch": (with_(lambda h, s: h["sections"][0].update(raw_bytes=h["sections"][0]["raw_bytes"] + 4)),
+                              FormatError, "raw bytes but"),
+    "16_int8_scalar": (with_(lambda h, s: h["sections"][0].update(dtype="int8", shape=[], raw_bytes=1)),
+                       FormatError, "at least one dimension"),
+    "17_raw_codec_sizes": (with_(replace_section("s0.mu", b"\0" * 8)), FormatError, "stored raw but"),
+    "18_no_sections": (with_(lambda h, s: h.update(sections=[])), FormatError, "no sections"),
+    # --- layout
+    "19_unaligned": (with_(lambda h, s: h["sections"][1].update(offset=h["sections"][1]["offset"] + 4), layout=False),
+                     FormatError, "not a multiple of 8"),
+    "20_overlaps_header": (with_(lambda h, s: set_first_offset(h, s, 48), layout=False),
+                           FormatError, "overlaps the header"),
+    "20_too_much_padding": (with_(nothing, extra_pad=8192), FormatError, "bytes of padding allowed"),
+    "21_overlap": (with_(lambda h, s: h["sections"][1].update(offset=h["sections"][0]["offset"]), layout=False),
+                   FormatError, "overlaps the previous section"),
+    "21_gap": (with_(lambda h, s: [x.update(offset=x["offset"] + 8) for x in h["sections"][1:]], layout=False),
+               FormatError, "leaves a gap"),
+    "21_out_of_order": (with_(lambda h, s: h["sections"].reverse(), layout=False), FormatError, "overlaps"),
+    "22_truncated_section": (with_(nothing, truncate=-4), FormatError, "file is truncated: section"),
+    "22_section_beyond_file": (
+        with_(nothing, after_layout=lambda h: h["sections"][-1].update(codec="zstd", stored_bytes=10**6)),
+        FormatError, "ends at byte"),
+    "23_trailing_bytes": (with_(nothing, tail=b"\0" * 8), FormatError, "8 trailing bytes"),
+    "24_header_padding": (with_(nothing, extra_pad=8, pad_byte=b"\x01"), FormatError, "non-zero"),
+    # --- meaning
+    "25_class_names": (with_(lambda h, s: h["class_names"].pop()), FormatError, "class_names"),
+    "25_normalization": (with_(lambda h, s: h["normalization"]["mean"].append(0.1)), FormatError, "per channel"),
+    "26_duplicate_subtask_id": (with_(lambda h, s: h["subtasks"][1].update(id=0)), FormatError, "subtask id 0 appears twice"),
+    "26_class_out_of_range": (with_(lambda h, s: h["subtasks"][0]["classes"].__setitem__(1, 7)),
+                              FormatError, "names class 7"),
+    "26_classes_overlap": (with_(lambda h, s: h["subtasks"][0]["classes"].__setitem__(1, 1)),
+                           FormatError, "disjoint"),
+    "26_classes_uncovered": (with_(lambda h, s: h.update(num_classes=5, class_names=list("abcde"), labels="hard")
+                                   or [t["tensors"].pop("soft") for t in h["subtasks"]]),
+                             FormatError, "partial"),
+    "27_missing_section": (with_(lambda h, s: h["subtasks"][0]["tensors"].update(mu="nope")),
+                           FormatError, "missing section 'nope'"),
+    "27_missing_decoder_section": (with_(lambda h, s: h["subtasks"][0]["tensors"]["decoder"].update(x="nope")),
+                                   FormatError, "missing section 'nope'"),
+    "27_wrong_shape": (with_(lambda h, s: sec(h, "s0.mu").update(shape=[4, 1])), FormatError, "expected [2, 2]"),
+    "27_integer_prior": (with_(lambda h, s: sec(h, "s0.mu").update(dtype="int32")), FormatError, "float encoding"),
+    "28_soft_without_tensor": (with_(lambda h, s: h["subtasks"][1]["tensors"].pop("soft")),
+                               FormatError, 'labels must be "soft"'),
+    "29_bytes_used": (with_(lambda h, s: h["budget"].update(bytes_used=1), used=False), FormatError, "bytes_used is 1"),
+    # --- section data
+    "30_section_hash": (with_(lambda h, s: s.update({"s0.mu": b"\xff" * 16}), hashes=False),
+                        IntegrityError, "section 's0.mu' hash mismatch"),
+    "31_zstd_size_lie": (with_(replace_section("s0.mu", frame(bytes(32), content_size=32), codec="zstd")),
+                         FormatError, "would decompress to 32 bytes but 16"),
+    "31_zstd_no_size": (with_(replace_section("s0.mu", frame(bytes(16), content_size=None, window_log=10), codec="zstd")),
+                        FormatError, "does not declare its content size"),
+    "31_zstd_window": (with_(replace_section("s0.mu", frame(bytes(16), content_size=16, window_log=30), codec="zstd")),
+                       LimitError, "zstd window"),
+    "31_zstd_block_lie": (with_(replace_section("s0.mu", frame(bytes(32), content_size=16, window_log=10), codec="zstd")),
+                          FormatError, "s0.mu"),
+    "31_zstd_trailing": (with_(replace_section("s0.mu", zstandard.ZstdCompressor().compress(bytes(16)) + b"xx",
+                                               codec="zstd")), FormatError, "stray bytes"),
+    "31_zstd_truncated": (with_(replace_section("s0.mu", zstandard.ZstdCompressor().compress(W[:16])[:-2],
+                                                codec="zstd")), FormatError, "s0.mu"),
+    "32_int8_negative_scale": (
+        with_(replace_section("s0.dec.fc.bias", struct.pack("<16f", *([-1.0] * 16)) + bytes(16),
+                              dtype="int8", raw_bytes=80)), FormatError, "scale"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_file_is_rejected_with_its_specific_error(case, tmp_path):
+    build, exc_class, fragment = CASES[case]
+    path = tmp_path / f"{case}.d3"
+    path.write_bytes(build())
+    with pytest.raises(exc_class) as info:
+        open_all(path)
+    message = str(info.value)
+    assert fragment in message, message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_craft_without_edits_gives_a_valid_file(tmp_path):
+    """The crafting helper itself is faithful: an unedited base reads back fine."""
+    for compress in (False, True):
+        path = tmp_path / f"ok{compress}.d3"
+        path.write_bytes(craft(*base(), compress=compress))
+        open_all(path)
+
+
+def test_every_spec_rule_has_a_hostile_case():
+    rules = {int(name[:2]) for name in CASES}
+    assert rules == set(range(1, 33))
+
+
+def test_padding_between_sections_is_checked_by_verify(tmp_path):
+    """float16 [2, 2] priors are 8 bytes, [3...] decoder rows leave 4-byte gaps: poison one."""
+    header, stored = base(encoding="float16", num_classes=3, num_subtasks=1, soft=False)
+    data = bytearray(craft(header, stored))
+    info = json.loads(data[PREAMBLE_BYTES:PREAMBLE_BYTES + struct.unpack_from("<Q", data, 16)[0]])
+    gaps = [(a["offset"] + a["stored_bytes"], b["offset"]) for a, b in zip(info["sections"], info["sections"][1:])]
+    start, end = next((a, b) for a, b in gaps if b > a)
+    data[start] = 7
+    path = tmp_path / "pad.d3"
+    path.write_bytes(bytes(data))
+    reader = D3Reader(path)  # the header and every hash are fine
+    reader.load()
+    with pytest.raises(FormatError, match="padding before section"):
+        reader.verify()
