@@ -59,6 +59,48 @@ def inspect_cmd(file: str, as_json: bool, verify: bool):
 
 
 # --- sample / export (loader) ---
+@main.command("sample")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG grid to write.")
+@click.option("-n", "--columns", default=8, show_default=True, help="Samples per class (columns of the grid).")
+@click.option("--classes", help="Comma-separated class indices, one row each [all classes].")
+@click.option("--seed", default=0, show_default=True, help="Noise seed.")
+@click.option("--epoch", default=0, show_default=True, help="Noise epoch.")
+@click.option("--no-means", is_flag=True, help="Draw noise in every cell (by default each row starts with the prior means, framed in red).")
+@click.option("--scale", type=int, help="Pixel magnification [about 48 px per image].")
+def sample_cmd(file, output, columns, classes, seed, epoch, no_means, scale):
+    """Write a PNG grid of decoded samples: a row per class."""
+    from d3fmt.export import parse_classes, sample_grid
+
+    info = sample_grid(file, output, columns=columns, classes=parse_classes(classes), seed=seed, epoch=epoch,
+                       mark_means=not no_means, scale=scale)  # fmt: skip
+    click.echo(f"wrote {info.path}: {len(info.classes)} classes x {info.columns} samples, {info.width}x{info.height} px")
+
+
+@main.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--format", "fmt", type=click.Choice(["webdataset", "folder"]), required=True, help="webdataset tar shards or an ImageFolder tree of PNGs.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output directory (must be empty or new).")
+@click.option("-n", "--per-class", type=int, help="Samples per class [the file's samples_per_class].")
+@click.option("--classes", help="Comma-separated class indices [all classes].")
+@click.option("--seed", default=0, show_default=True, help="Noise seed.")
+@click.option("--epoch", default=0, show_default=True, help="Noise epoch.")
+@click.option("--include-means", is_flag=True, help="The first L samples of each class are its prior means.")
+@click.option("--hard-labels", is_flag=True, help="Do not write soft labels even when the file has them.")
+@click.option("--shard-size", default=10000, show_default=True, help="Samples per webdataset shard.")
+@click.option("--force", is_flag=True, help="Write into a non-empty output directory.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means, hard_labels, shard_size, force, quiet):
+    """Decode N samples per class into webdataset shards or a PNG ImageFolder."""
+    from d3fmt.export import export_samples, parse_classes
+
+    info = export_samples(file, output, format=fmt, samples_per_class=per_class, seed=seed, epoch=epoch,
+                          classes=parse_classes(classes), include_means=include_means,
+                          soft=False if hard_labels else None, force=force, shard_size=shard_size,
+                          progress=not quiet)  # fmt: skip
+    labels = "hard + soft labels" if info.soft else "hard labels"
+    click.echo(f"wrote {info.count} images ({labels}) as {info.format} to {info.out}")
+
 
 # --- pack (distiller) ---
 @main.command("pack", context_settings={"max_content_width": 100})
@@ -71,14 +113,17 @@ def inspect_cmd(file: str, as_json: bool, verify: bool):
 @click.option("--holdout", type=float, help="Fraction held out for evaluation when SRC has no test split [0.2].")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
 @click.option("--subtasks", default=1, show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
-@click.option("--iterations", default=300, show_default=True, help="Distillation iterations per subtask (reference: 8000-10000).")
-@click.option("--experts", "num_experts", default=5, show_default=True, help="Expert ConvNets per subtask (reference: 100).")
-@click.option("--expert-epochs", default=15, show_default=True, help="Epochs each expert trains; its trajectory keeps every epoch.")
-@click.option("--syn-steps", default=10, show_default=True, help="Unrolled student steps per iteration.")
+@click.option("--preset", type=click.Choice(["auto", "fast", "standard", "reference"]), default="auto",
+              show_default=True, help="Bundle of the settings below: fast (CPU, minutes), standard (GPU), "
+              "reference (method.md); auto = standard on CUDA, fast on CPU. Options given explicitly win.")
+@click.option("--iterations", type=int, help="Distillation iterations per subtask [fast 300, standard 2000, reference 8000].")
+@click.option("--experts", "num_experts", type=int, help="Expert ConvNets per subtask [fast 5, standard 20, reference 100].")
+@click.option("--expert-epochs", type=int, help="Epochs each expert trains; every epoch is kept [fast 20, standard 30, reference 50].")
+@click.option("--syn-steps", type=int, help="Unrolled student steps per iteration [10].")
 @click.option("--match-epochs", default=2, show_default=True, help="Expert epochs the student must cover (M).")
 @click.option("--max-start-epoch", default=0, show_default=True, help="Latest start epoch on the trajectory [0: as late as possible].")
 @click.option("--mmd-weight", default=1.0, show_default=True, help="Weight of the MMD loss.")
-@click.option("--convnet-width", default=128, show_default=True, help="Width of the expert, student and evaluation ConvNets.")
+@click.option("--convnet-width", type=int, help="Width of the expert, student and evaluation ConvNets [fast 32, else 128].")
 @click.option("--decoder", "family", type=click.Choice(["small", "medium", "large"]), help="Decoder family [fitter's choice].")
 @click.option("--z-dim", type=int, help="Latent size [fitter's choice].")
 @click.option("--latents", type=int, help="Latent priors per class [fitter's choice].")
@@ -86,7 +131,7 @@ def inspect_cmd(file: str, as_json: bool, verify: bool):
 @click.option("--encoding", type=click.Choice(["float32", "float16", "int8"]), help="Decoder weight encoding [fitter's choice].")
 @click.option("--hard-labels", is_flag=True, help="Store no soft labels.")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation on the held-out real split.")
-@click.option("--eval-epochs", default=300, show_default=True, help="Epochs of the final evaluation training (reference: 1000).")
+@click.option("--eval-epochs", type=int, help="Epochs of the final evaluation training [fast 300, else 1000].")
 @click.option("--eval-runs", default=1, show_default=True, help="Independent evaluation runs (mean and std recorded).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=0, show_default=True, help="Seed of everything random.")
@@ -94,7 +139,7 @@ def inspect_cmd(file: str, as_json: bool, verify: bool):
 @click.option("--checkpoint-every", default=50, show_default=True, help="Iterations between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip_bad, subtasks, iterations,
+def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip_bad, subtasks, preset, iterations,
              num_experts, expert_epochs, syn_steps, match_epochs, max_start_epoch, mmd_weight, convnet_width,
              family, z_dim, latents, decoder_width, encoding, hard_labels, no_eval, eval_epochs, eval_runs,
              device, seed, work_dir, checkpoint_every, resume, quiet):
@@ -118,9 +163,16 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
     """
     from d3fmt.augment import DSAParams
     from d3fmt.distill.experts import ExpertConfig
-    from d3fmt.distill.pack import PackConfig, pack
+    from d3fmt.distill.pack import PackConfig, pack, resolve_device
+    from d3fmt.distill.presets import resolve_preset
     from d3fmt.distill.trainer import DistillConfig
     from d3fmt.evaluate import EvalConfig
+
+    p = resolve_preset(preset, resolve_device(device).type == "cuda", dict(
+        convnet_width=convnet_width, num_experts=num_experts, expert_epochs=expert_epochs, iterations=iterations,
+        syn_steps=syn_steps, eval_epochs=eval_epochs))
+    convnet_width, num_experts, expert_epochs = p["convnet_width"], p["num_experts"], p["expert_epochs"]
+    iterations, syn_steps, eval_epochs = p["iterations"], p["syn_steps"], p["eval_epochs"]
 
     cfg = PackConfig(
         source=src, output=output, budget=budget, max_bytes=max_bytes, image_size=image_size, test=test_src,
@@ -146,5 +198,156 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
                    f"{ev.epochs} epochs, final model on the held-out split)")
 
 # --- eval / baseline ---
+def _eval_options(fn):
+    """Training options shared by `d3 eval` and `d3 baseline` (one protocol for all)."""
+    options = [
+        click.option("--model", type=click.Choice(["convnet", "resnet18"]), default="convnet", show_default=True,
+                     help="convnet: what D3 distils for; resnet18: transfer to an unseen architecture."),
+        click.option("--epochs", default=300, show_default=True, help="Training epochs per run (lr / 10 at half)."),
+        click.option("--runs", default=1, show_default=True, help="Independent runs; mean and std are reported."),
+        click.option("--lr", type=float, help="SGD learning rate [d3 eval: the file's learned lr; baselines: 0.01]."),
+        click.option("--batch-size", default=256, show_default=True, help="Training batch size."),
+        click.option("--width", type=int, help="ConvNet width [d3 eval: the width the file was distilled with; else 128]."),
+        click.option("--dsa", default="color_crop_cutout_flip_scale_rotate", show_default=True,
+                     help="Differentiable augmentation families joined by '_'; 'none' disables it."),
+        click.option("--seed", default=0, show_default=True, help="Seed of model init, sampling and augmentation."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _eval_config(model, epochs, runs, lr, batch_size, width, dsa, seed, device, **extra):
+    from d3fmt.distill.pack import resolve_device
+    from d3fmt.evaluate import EvalConfig
+
+    cfg = EvalConfig(model=model, epochs=epochs, runs=runs, lr=lr, batch_size=batch_size, width=width or 128,
+                     dsa="" if dsa in ("none", "") else dsa, seed=seed, device=str(resolve_device(device)), **extra)
+    cfg.validate()
+    return cfg
+
+
+def _progress(pbar):
+    def tick(run, epoch, loss):
+        pbar.update(1)
+        pbar.set_postfix(run=run + 1, loss=f"{loss:.3f}")
+
+    return tick
+
+
+def _accuracy_line(ev) -> str:
+    return (f"{ev.model}: {ev.mean:.2%} +- {ev.std:.2%} over {len(ev.accuracies)} run(s), {ev.epochs} epochs, "
+            f"final model")
+
+
+@main.command("eval", context_settings={"max_content_width": 100})
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--test", "test_src", required=True,
+              help="Real test data: SRC's test split if it has one; else, if SRC is the data the file was "
+                   "distilled from, the split d3 pack held out; else all of SRC. Resized to the file's size.")
+@click.option("--samples-per-class", type=int, help="Fresh decoded samples per class and epoch [the file's default].")
+@click.option("--labels", type=click.Choice(["auto", "hard", "soft"]), default="auto", show_default=True,
+              help="auto: the stored soft labels when the file has them.")
+@click.option("--no-record", is_flag=True, help="Do not append the evaluation record to FILE.")
+@_eval_options
+def eval_cmd(file, test_src, samples_per_class, labels, no_record, model, epochs, runs, lr, batch_size, width, dsa,
+             seed, device, as_json, quiet):
+    """Train fresh models on FILE's decoded stream only; test each final model on real data.
+
+    \b
+    Every epoch draws fresh samples (prior means too with soft labels), applies
+    differentiable augmentation and trains with SGD (momentum 0.9, weight decay 5e-4,
+    the learned learning rate, lr / 10 at half). The *final* model of each run is tested
+    once on the real test set; mean and std over runs are printed and appended to FILE
+    as an evaluation record (atomic rewrite, hashes updated) that `d3 inspect` shows.
+    """
+    import json
+
+    from d3fmt.evaluate import evaluate_file, file_convnet_width
+    from d3fmt.progress import bar
+
+    cfg = _eval_config(model, epochs, runs, lr, batch_size, width or file_convnet_width(file), dsa, seed, device,
+                       samples_per_class=samples_per_class, labels=labels)
+    with bar(quiet, total=cfg.runs * cfg.epochs, desc="eval", unit="epoch") as pbar:
+        ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record)
+    if as_json:
+        click.echo(json.dumps({"file": file, "test_set": test.name, "recorded": not no_record, **ev.to_json()}))
+        return
+    click.echo(f"{_accuracy_line(ev)} on {test.name}")
+    click.echo(f"  {ev.protocol}")
+    if not no_record:
+        click.echo(f"  recorded in {file} (see `d3 inspect {file}`)")
+
+
+@main.group("baseline")
+def baseline_group():
+    """What a .d3 file must beat, with the protocol of `d3 eval`.
+
+    \b
+    d3 baseline random SRC --budget B   a random real subset, as PNGs, in the same bytes
+    d3 baseline full SRC                 every training image (the ceiling)
+    """
+
+
+def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet):
+    import json
+
+    from d3fmt.baseline import BaselineConfig, run_full, run_random
+    from d3fmt.progress import bar
+
+    cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
+                         out=out, evaluation=_eval_config(**eval_kw))
+    ecfg = cfg.evaluation
+    with bar(quiet, total=ecfg.runs * ecfg.epochs, desc=f"baseline {kind}", unit="epoch") as pbar:
+        result = (run_random if kind == "random" else run_full)(cfg, progress=_progress(pbar))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    ev = result.evaluation
+    if kind == "random":
+        click.echo(f"random subset: {result.images_per_class} PNG images per class, {result.bytes:,} of "
+                   f"{result.max_bytes:,} bytes (one more per class: {result.next_bytes or 'n/a'} bytes)")
+    else:
+        click.echo(f"full training set: {result.train_images:,} images ({result.bytes:,} bytes as PNG)")
+    click.echo(f"{_accuracy_line(ev)} on {result.test_set}")
+    click.echo(f"  {ev.protocol}")
+    if out:
+        click.echo(f"  chosen PNGs saved under {out}/")
+
+
+_test_option = click.option("--test", "test_src",
+                            help="Real test data [SRC's test split or holdout]; SRC itself means its held-out part.")
+_size_option = click.option("--image-size", type=int, help="Resize images to this square side [the source's].")
+
+
+@baseline_group.command("random", context_settings={"max_content_width": 100})
+@click.argument("src")
+@click.option("--budget", type=float, required=True, help="Images per class: B*K*C*H*W*4 bytes of PNG files.")
+@_test_option
+@_size_option
+@click.option("--subset-seed", default=0, show_default=True, help="Seed of the random choice of images.")
+@click.option("--out", type=click.Path(file_okay=False), help="Save the chosen PNGs here (ImageFolder layout).")
+@_eval_options
+def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, as_json, quiet, **eval_kw):
+    """A balanced random subset of SRC's training images that fits the budget as PNG files.
+
+    As many images per class as fit in B*K*C*H*W*4 bytes (the PNG bytes Pillow writes),
+    the same count for every class, deterministic by --subset-seed; trained and tested
+    like `d3 eval`. This is the honest competitor of a .d3 file of the same budget.
+    """
+    _baseline_run("random", src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet)
+
+
+@baseline_group.command("full", context_settings={"max_content_width": 100})
+@click.argument("src")
+@_test_option
+@_size_option
+@_eval_options
+def baseline_full_cmd(src, test_src, image_size, as_json, quiet, **eval_kw):
+    """Every training image of SRC, trained and tested like `d3 eval`: the ceiling."""
+    _baseline_run("full", src, test_src, None, image_size, 0, None, eval_kw, as_json, quiet)
 
 # --- merge (federated) ---

@@ -142,7 +142,8 @@ class D3Dataset(Dataset):
     """Map-style dataset over a .d3 file: item i -> (image [C, H, W] float, label).
 
     ``d3fmt.D3Dataset("x.d3")`` works with any DataLoader (workers, DistributedSampler,
-    shuffling). ``__getitems__`` lets each worker decode a whole batch in one decoder call;
+    shuffling). ``dtype=torch.bfloat16`` runs the decoders in bf16 (about 1.5x faster on
+    CPUs with native bf16; samples then differ from fp32 ones by ~1e-2), images stay float32. ``__getitems__`` lets each worker decode a whole batch in one decoder call;
     the default collate stacks the result. The file is opened and fully validated at
     construction (a bad file raises a D3Error here), then re-opened lazily in each worker
     process: the dataset pickles as its path and options only.
@@ -160,12 +161,14 @@ class D3Dataset(Dataset):
         include_means: bool = False,
         classes=None,
         normalize: bool = False,
+        dtype: torch.dtype = torch.float32,
     ):
         self.path = os.fspath(path)
         self.transform = transform
+        self.dtype = dtype  # decoder compute dtype; images are returned as float32 either way
         self.options = SampleOptions(samples_per_class, int(seed), int(epoch), labels, include_means,
                                      None if classes is None else [int(c) for c in classes], normalize)  # fmt: skip
-        self._rep = open_representation(self.path, classes=self.options.classes)
+        self._rep = open_representation(self.path, dtype=dtype, classes=self.options.classes)
         self.plan = make_plan(self._rep, self.options)
         self.num_classes = self._rep.num_classes
         self.image_shape = self._rep.image_shape
@@ -187,7 +190,7 @@ class D3Dataset(Dataset):
 
     def _representation(self) -> Representation:
         if self._rep is None:
-            self._rep = open_representation(self.path, classes=self.options.classes)
+            self._rep = open_representation(self.path, dtype=self.dtype, classes=self.options.classes)
         return self._rep
 
     # -- access ---------------------------------------------------------------------
@@ -206,6 +209,7 @@ class D3Dataset(Dataset):
         index = torch.where(index < 0, index + n, index)
         with torch.no_grad():
             images, labels = decode_items(self._representation(), self.plan, self.options, index)
+        images = images.float()
         hard = self.options.labels == "hard"
         out = []
         for k in range(index.shape[0]):

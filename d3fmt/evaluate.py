@@ -3,15 +3,19 @@
 Two training sources share one protocol (method.md, "Evaluating a distilled
 representation"): SGD with momentum 0.9 and weight decay 5e-4, the learning rate divided
 by 10 at half the epochs, differentiable augmentation (DSA) on every batch, and the final
-model's accuracy on the real held-out test set — never the best accuracy seen during
-training, which would peek at the test set.
+model's accuracy on the real held-out test set -- never the best accuracy seen during
+training, which would peek at the test set. The test set is touched exactly once per
+run, after the last epoch.
 
 - :func:`evaluate_representation` trains on a decoded D3 stream: every epoch draws fresh
-  samples, ``draws`` per latent prior (plus the prior means when soft labels are used),
-  labelled with the stored soft labels when present; the learning rate defaults to the
-  student learning rate the distiller learned.
-- :func:`evaluate_real` trains on real images (the same-bytes random subset baseline and
-  the full-data ceiling).
+  samples with the loader's sampling contract (:mod:`d3fmt.dataset`: ``samples_per_class``
+  items per class, the prior means included when soft labels are used), labelled with the
+  stored soft labels when present; the learning rate defaults to the student learning
+  rate the distiller learned (``header["train"]["lr"]``).
+- :func:`evaluate_real` trains on real uint8 images (the same-bytes random subset baseline
+  and the full-data ceiling, :mod:`d3fmt.baseline`).
+- :func:`evaluate_file` is ``d3 eval``: evaluate a .d3 file and append the record to it.
+- :func:`load_test_set` resolves ``--test SRC`` (see its docstring).
 """
 
 from __future__ import annotations
@@ -26,15 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3fmt.augment import DSAParams, dsa
+from d3fmt.augment import REFERENCE_STRATEGY, DSAParams, dsa
 from d3fmt.errors import ConfigError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
 from d3fmt.models.resnet import resnet18
-from d3fmt.noise import gaussian
-from d3fmt.representation import Representation, normalize, tanh_to_normalized
+from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
-DEFAULT_LR = 0.01
+DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
 
 @dataclass
@@ -48,21 +51,32 @@ class EvalConfig:
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    draws: int = 1  # fresh samples per latent prior per epoch
+    samples_per_class: int | None = None  # decoded items per class and epoch; None: the file's
     labels: str = "auto"  # "auto" (soft when stored) | "hard" | "soft"
-    dsa: str = "color_crop_cutout_flip_scale_rotate"  # "" disables augmentation
-    width: int = 128  # ConvNet width
+    dsa: str = REFERENCE_STRATEGY  # "" or "none" disables augmentation
+    width: int = 128  # ConvNet width (ResNet-18 is fixed)
     seed: int = 0
     device: str = "cpu"
+    keep_models: bool = False  # return the trained final models in EvalResult.models
 
     def validate(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; use one of {', '.join(MODELS)}")
         if self.labels not in ("auto", "hard", "soft"):
             raise ConfigError(f"labels must be auto, hard or soft, got {self.labels!r}")
-        for name in ("epochs", "runs", "batch_size", "draws"):
+        for name in ("epochs", "runs", "batch_size", "width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.samples_per_class is not None and self.samples_per_class < 1:
+            raise ConfigError(f"--samples-per-class must be at least 1, got {self.samples_per_class}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        DSAParams(strategy=self.dsa)  # ConfigError on unknown augmentation families
+
+    @property
+    def model_name(self) -> str:
+        """What evaluation records call the model: the ConvNet with its width."""
+        return f"convnet-{self.width}" if self.model == "convnet" else self.model
 
 
 @dataclass
@@ -75,6 +89,7 @@ class EvalResult:
     protocol: str
     lr: float
     details: dict = field(default_factory=dict)
+    models: list = field(default_factory=list)  # final models, when EvalConfig.keep_models
 
     @property
     def mean(self) -> float:
@@ -82,6 +97,7 @@ class EvalResult:
 
     @property
     def std(self) -> float:
+        """Population std over runs (0 for one run)."""
         return float(statistics.pstdev(self.accuracies)) if len(self.accuracies) > 1 else 0.0
 
     def record(self, test_set: str) -> dict:
@@ -97,6 +113,11 @@ class EvalResult:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
+    def to_json(self) -> dict:
+        return {"model": self.model, "accuracy": self.mean, "std": self.std, "accuracies": list(self.accuracies),
+                "runs": len(self.accuracies), "epochs": self.epochs, "lr": self.lr, "protocol": self.protocol,
+                **self.details}
+
 
 def build_model(cfg: EvalConfig, channels: int, num_classes: int, image_size: int) -> torch.nn.Module:
     if cfg.model == "resnet18":
@@ -105,51 +126,104 @@ def build_model(cfg: EvalConfig, channels: int, num_classes: int, image_size: in
 
 
 # ---------------------------------------------------------------------------------------
-# Batches of training data: a function epoch -> (x normalised [N,C,H,W], target [N] or [N,K])
+# The real test set behind `--test SRC`
 # ---------------------------------------------------------------------------------------
 
 
-class StreamEpochs:
-    """Fresh decoded samples for each epoch of one run, from a Representation."""
+@dataclass
+class TestSet:
+    """Real labelled test images, already at the evaluated image size."""
 
-    def __init__(self, rep: Representation, cfg: EvalConfig, seed: int):
-        self.rep, self.seed = rep, seed
-        self.soft = _use_soft(rep, cfg.labels)
-        self.mean, self.std = rep.normalization
-        cls, prior = [], []
-        for c in rep.classes:
-            lpc = rep.latents_per_class(c)
-            cls += [c] * lpc
-            prior += list(range(lpc))
-        self.cls = torch.tensor(cls, dtype=torch.int64).repeat(cfg.draws)  # [P * draws]
-        self.prior = torch.tensor(prior, dtype=torch.int64).repeat(cfg.draws)
-        self.slot = torch.arange(self.cls.numel(), dtype=torch.int64)
-        self.means = (torch.tensor(cls), torch.tensor(prior)) if self.soft else None
+    x: np.ndarray  # [N, C, H, W] uint8
+    y: np.ndarray  # [N] int64
+    name: str  # what evaluation records call it
 
-    def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rep = self.rep
-        eps = gaussian(self.seed, epoch, self.cls * 2**24 + self.slot, rep.z_max, device=rep.device)
-        t = rep.decode(self.cls, self.prior, eps)  # [P, C, H, W] tanh space
-        cls, prior = self.cls, self.prior
-        if self.means is not None:
-            t = torch.cat([t, rep.decode(*self.means, None)])
-            cls, prior = torch.cat([cls, self.means[0]]), torch.cat([prior, self.means[1]])
-        x = tanh_to_normalized(t.clone(), self.mean, self.std)
-        target = rep.soft_labels(cls, prior).clone() if self.soft else cls.to(rep.device)
-        return x.float(), target
+    __test__ = False  # not a pytest class
 
 
-def _use_soft(rep: Representation, labels: str) -> bool:
+def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str | None = None,
+                  holdout: float | None = None, seed: int = 0) -> TestSet:
+    """Resolve ``--test SRC`` to real test images of ``image_shape`` (C, H, W).
+
+    SRC's own test split when it has one (IDX t10k, ImageFolder val/, npz x_test);
+    otherwise, when SRC is the very data the model was trained from (its content hash
+    equals ``train_hash``), the same stratified holdout ``d3 pack`` held out (``holdout``,
+    default 0.2, and ``seed``) -- so test images never overlap training images; otherwise
+    all of SRC. Images are resized to H x W; the class count must match (ConfigError).
+    """
+    from d3fmt.sources import DEFAULT_HOLDOUT, open_source
+
+    c, h, _ = (int(v) for v in image_shape)
+    probe = open_source(spec, image_size=h, holdout=0)
+    info = probe.info
+    if info.num_classes != num_classes:
+        raise ConfigError(f"test source {spec} has {info.num_classes} classes but the model is trained on "
+                          f"{num_classes}; give a test set with the same {num_classes} classes")
+    if info.image_shape[0] != c:
+        raise ConfigError(f"test source {spec} has {info.image_shape[0]} channel(s) but the training images "
+                          f"have {c}; give a test set with {c}-channel images")
+    if info.num_test:
+        x, y = probe.load("test")
+        name = f"{spec} test split ({len(y)} images)"
+    elif train_hash is not None and info.content_hash == train_hash:
+        fraction = DEFAULT_HOLDOUT if holdout is None else float(holdout)
+        if fraction <= 0:
+            raise ConfigError(f"{spec} is the training data itself and has no held-out split; "
+                              "give a separate --test source")
+        split = open_source(spec, image_size=h, holdout=fraction, seed=seed)
+        x, y = split.load("test")
+        name = f"{spec} held-out {fraction:g} of train, seed {seed} ({len(y)} images)"
+    else:
+        x, y = probe.load("train")
+        name = f"all of {spec} ({len(y)} images)"
+    return TestSet(np.ascontiguousarray(x), np.asarray(y, dtype=np.int64), name)
+
+
+# ---------------------------------------------------------------------------------------
+# Training data: a function epoch -> (x normalised [N,C,H,W], target [N] int64 or [N,K])
+# ---------------------------------------------------------------------------------------
+
+
+def use_soft_labels(rep: Representation, labels: str) -> bool:
     if labels == "soft" and not rep.has_soft:
         raise ConfigError("soft labels requested but the file stores none; use --labels hard")
     return rep.has_soft if labels == "auto" else labels == "soft"
 
 
+class StreamEpochs:
+    """Fresh decoded samples for each epoch of one run: exactly what
+    ``D3Dataset(path, samples_per_class, seed=seed, labels=..., include_means=soft,
+    normalize=True)`` yields after ``set_epoch(epoch)``."""
+
+    def __init__(self, rep: Representation, cfg: EvalConfig, seed: int):
+        from d3fmt.dataset import SampleOptions, make_plan
+
+        self.rep = rep
+        soft = use_soft_labels(rep, cfg.labels)
+        self.options = SampleOptions(samples_per_class=cfg.samples_per_class, seed=seed,
+                                     labels="soft" if soft else "hard", include_means=soft, normalize=True)
+        self.plan = make_plan(rep, self.options)
+        self.index = torch.arange(len(self.plan), dtype=torch.int64)  # [N] every item, every epoch
+
+    def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from d3fmt.dataset import decode_items
+
+        self.options.epoch = epoch
+        x, target = decode_items(self.rep, self.plan, self.options, self.index)  # [N, C, H, W], [N] | [N, K]
+        return x.float(), target
+
+
 def real_epochs(x_uint8: np.ndarray, y: np.ndarray, mean, std, device) -> Callable[[int], tuple]:
     """The same real images every epoch (augmentation makes them differ)."""
-    x = normalize(torch.from_numpy(x_uint8).float().div_(255), mean, std).to(device)  # [N, C, H, W]
+    x = normalize(torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255), mean, std).to(device)  # [N,C,H,W]
     target = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
     return lambda epoch: (x, target)
+
+
+def pixel_mean_std(x_uint8: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean / std in [0, 1] units of uint8 images [N, C, H, W]."""
+    flat = x_uint8.transpose(1, 0, 2, 3).reshape(x_uint8.shape[1], -1).astype(np.float64) / 255.0  # [C, N*H*W]
+    return flat.mean(1).tolist(), np.maximum(flat.std(1), 1e-3).tolist()
 
 
 # ---------------------------------------------------------------------------------------
@@ -157,27 +231,40 @@ def real_epochs(x_uint8: np.ndarray, y: np.ndarray, mean, std, device) -> Callab
 # ---------------------------------------------------------------------------------------
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """ceil(n / batch_size) near-equal batches: never a batch of one (BatchNorm needs two)."""
+    count = max(1, math.ceil(n / batch_size))
+    edges = np.linspace(0, n, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progress=None) -> torch.nn.Module:
-    """SGD with momentum and weight decay, lr / 10 at half; DSA on every batch."""
+    """SGD with momentum and weight decay, lr / 10 at half; DSA on every batch.
+
+    Sees training data only: no test data is passed in, so nothing can be selected on it.
+    """
     device = torch.device(cfg.device)
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, cfg.epochs // 2)], gamma=0.1)
     aug = DSAParams(strategy=cfg.dsa)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(cfg.epochs):
         x, target = epochs_fn(epoch)
         order = torch.randperm(x.shape[0], generator=g).to(x.device)
-        for start in range(0, x.shape[0], cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            xb = dsa(x[idx], aug, generator=g).to(device)
+        total = 0.0
+        bounds = batch_bounds(x.shape[0], cfg.batch_size)
+        for start, stop in bounds:
+            idx = order[start:stop]
+            xb = dsa(x[idx].to(device), aug, generator=g)
             loss = _loss(model(xb), target[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            total += float(loss.detach())
         sched.step()
         if progress is not None:
-            progress(epoch, float(loss))
+            progress(epoch, total / len(bounds))
     return model.eval()
 
 
@@ -188,53 +275,130 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_accuracy(model, x_uint8: np.ndarray, y: np.ndarray, mean, std, device, batch_size=1024) -> float:
-    """Accuracy of ``model`` on real uint8 images [N, C, H, W] with labels [N]."""
+def test_accuracy(model, x_uint8: np.ndarray, y: np.ndarray, mean, std, device, batch_size=500) -> float:
+    """Accuracy of ``model`` (in eval mode) on real uint8 images [N, C, H, W] with labels [N]."""
     model.eval()
+    device = torch.device(device)
+    y = np.asarray(y)
     correct = 0
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x_uint8[start : start + batch_size]).float().div_(255)
-        xb = normalize(xb, mean, std).to(device)
+        xb = torch.from_numpy(np.ascontiguousarray(x_uint8[start : start + batch_size])).float().div_(255)
+        xb = normalize(xb, mean, std).to(device)  # [b, C, H, W]
         pred = model(xb).argmax(1).cpu().numpy()
-        correct += int((pred == np.asarray(y[start : start + batch_size])).sum())
+        correct += int((pred == y[start : start + batch_size]).sum())
     return correct / max(1, len(y))
 
 
-def _run_all(make_epochs, cfg, lr, channels, num_classes, image_size, test, progress) -> list[float]:
-    cfg.validate()
-    accs = []
+@dataclass
+class _Task:
+    """What one evaluation trains on and tests on."""
+
+    make_epochs: Callable[[int], Callable]  # run seed -> (epoch -> training batch of the epoch)
+    lr: float
+    shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    test: tuple  # (x uint8 [N,C,H,W], y [N], mean, std)
+
+
+def _run_all(task: _Task, cfg: EvalConfig, progress) -> tuple[list[float], list]:
+    accs, models = [], []
+    c, h, _ = task.shape
     for run in range(cfg.runs):
         seed = cfg.seed * 1000 + run
         torch.manual_seed(seed)
-        model = build_model(cfg, channels, num_classes, image_size)
-        tick = None if progress is None else (lambda e, l, r=run: progress(r, e, l))
-        model = train_model(model, make_epochs(seed), cfg, lr, seed, tick)
-        accs.append(test_accuracy(model, *test, device=torch.device(cfg.device)))
-    return accs
+        model = build_model(cfg, c, task.num_classes, h)
+        tick = None if progress is None else (lambda e, loss, r=run: progress(r, e, loss))
+        model = train_model(model, task.make_epochs(seed), cfg, task.lr, seed, tick)
+        accs.append(test_accuracy(model, *task.test, device=cfg.device))  # the final model, once
+        if cfg.keep_models:
+            models.append(model)
+    return accs, models
+
+
+def stored_lr(rep: Representation) -> float:
+    """The student learning rate the distiller learned, or DEFAULT_LR."""
+    train = rep.header.get("train")
+    lr = train.get("lr") if isinstance(train, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0 else DEFAULT_LR
+
+
+def _protocol(cfg: EvalConfig, lr: float, data: str) -> str:
+    width = f" width={cfg.width}" if cfg.model == "convnet" else ""
+    return (f"{data}; {cfg.model}{width} from scratch; dsa={cfg.dsa or 'none'}; sgd lr={lr:.4g} mom={cfg.momentum} "
+            f"wd={cfg.weight_decay} bs={cfg.batch_size} lr/10@half; final model")
 
 
 def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig, progress=None) -> EvalResult:
-    """Train ``cfg.runs`` fresh models on the decoded stream only; test each final model."""
-    lr = cfg.lr if cfg.lr is not None else float(rep.header.get("train", {}).get("lr", DEFAULT_LR))
-    if not math.isfinite(lr) or lr <= 0:
-        lr = DEFAULT_LR
-    c, h, _ = rep.image_shape
+    """Train ``cfg.runs`` fresh models on the decoded stream only; test each final model.
+
+    ``progress(run, epoch, mean_loss)`` is called after every epoch.
+    """
+    cfg.validate()
+    lr = cfg.lr if cfg.lr is not None else stored_lr(rep)
+    c, h, w = rep.image_shape
+    if tuple(np.shape(test_x)[1:]) != (c, h, w):
+        raise ConfigError(f"test images are {list(np.shape(test_x)[1:])}, the file's are {[c, h, w]}; "
+                          "resize the test set to the file's image size")
     mean, std = rep.normalization
-    accs = _run_all(lambda seed: StreamEpochs(rep, cfg, seed), cfg, lr, c, rep.num_classes, h,
-                    (test_x, test_y, mean, std), progress)
-    labels = "soft" if _use_soft(rep, cfg.labels) else "hard"
-    protocol = (f"d3-stream draws={cfg.draws} labels={labels} dsa={cfg.dsa or 'none'} sgd lr={lr:.4g} "
-                f"mom={cfg.momentum} wd={cfg.weight_decay} lr/10@half final-model")
-    return EvalResult(cfg.model, accs, cfg.epochs, protocol, lr)
+    soft = use_soft_labels(rep, cfg.labels)
+    per_epoch = len(StreamEpochs(rep, cfg, 0).plan)
+    task = _Task(lambda seed: StreamEpochs(rep, cfg, seed), lr, (c, h, w), rep.num_classes,
+                 (test_x, test_y, mean, std))
+    accs, models = _run_all(task, cfg, progress)
+    data = f"d3 stream {per_epoch} fresh samples/epoch (labels {'soft' if soft else 'hard'})"
+    details = {"samples_per_epoch": per_epoch, "labels": "soft" if soft else "hard", "width": cfg.width,
+               "test_images": int(len(test_y))}
+    return EvalResult(cfg.model_name, accs, cfg.epochs, _protocol(cfg, lr, data), lr, details, models)
 
 
 def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg: EvalConfig,
                   progress=None) -> EvalResult:
-    """Train ``cfg.runs`` fresh models on real uint8 images; test each final model."""
+    """Train ``cfg.runs`` fresh models on real uint8 images [N, C, H, W]; test each final model."""
+    cfg.validate()
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR
-    c, h = train_x.shape[1], train_x.shape[2]
+    shape = tuple(int(v) for v in np.shape(train_x)[1:])
+    if tuple(np.shape(test_x)[1:]) != shape:
+        raise ConfigError(f"test images are {list(np.shape(test_x)[1:])}, training images {list(shape)}; "
+                          "use the same image size for both")
     epochs_fn = real_epochs(train_x, train_y, mean, std, torch.device(cfg.device))
-    accs = _run_all(lambda seed: epochs_fn, cfg, lr, c, num_classes, h, (test_x, test_y, mean, std), progress)
-    protocol = (f"real images n={len(train_y)} dsa={cfg.dsa or 'none'} sgd lr={lr:.4g} mom={cfg.momentum} "
-                f"wd={cfg.weight_decay} lr/10@half final-model")
-    return EvalResult(cfg.model, accs, cfg.epochs, protocol, lr)
+    task = _Task(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std))
+    accs, models = _run_all(task, cfg, progress)
+    data = f"{len(train_y)} real images"
+    details = {"train_images": int(len(train_y)), "width": cfg.width, "test_images": int(len(test_y))}
+    return EvalResult(cfg.model_name, accs, cfg.epochs, _protocol(cfg, lr, data), lr, details, models)
+
+
+def evaluate_file(path, test_spec: str, cfg: EvalConfig, *, progress=None, record: bool = True) -> tuple[EvalResult, TestSet]:
+    """``d3 eval``: evaluate a .d3 file on ``test_spec`` and (``record``) append the record.
+
+    The record is added with :func:`d3fmt.format.append_eval`: an atomic rewrite whose
+    section bytes are copied unchanged and whose hashes are recomputed.
+    """
+    from d3fmt.format import D3Reader, append_eval
+
+    cfg.validate()
+    with D3Reader(path) as reader:
+        header = reader.header
+        prov = header.get("provenance") or {}
+        settings = prov.get("settings") if isinstance(prov.get("settings"), dict) else {}
+        test = load_test_set(test_spec, header["image_shape"], int(header["num_classes"]),
+                             train_hash=prov.get("source_hash"), holdout=settings.get("holdout"),
+                             seed=int(settings.get("seed") or 0))
+        rep = Representation.from_reader(reader, device=cfg.device)
+    result = evaluate_representation(rep, test.x, test.y, cfg, progress=progress)
+    if record:
+        append_eval(path, result.record(test.name))
+    return result, test
+
+
+def file_convnet_width(path) -> int:
+    """The ConvNet width a .d3 file was distilled with (provenance settings), else 128.
+
+    Evaluating with the distillation width is the like-for-like ConvNet number."""
+    from d3fmt.format import D3Reader
+
+    with D3Reader(path) as reader:
+        settings = (reader.header.get("provenance") or {}).get("settings")
+    experts = settings.get("experts") if isinstance(settings, dict) else None
+    width = experts.get("width") if isinstance(experts, dict) else None
+    return width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 128

@@ -284,3 +284,13 @@ class _ShardWriter:
         if self.tar is not None:
             self.tar.close()
         return self.shards
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """``"0,3,5"`` -> [0, 3, 5]; None or "" -> None (all classes). ConfigError otherwise."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--classes {text!r} is not a comma-separated list of class indices, e.g. 0,3,5") from None

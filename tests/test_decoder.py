@@ -159,3 +159,16 @@ def test_gradients_flow_to_latents_and_weights():
     dec(z).square().mean().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert all(p.grad is not None for p in dec.parameters())
+
+
+@pytest.mark.parametrize("family", ["small", "medium", "large"])
+def test_channels_last_gives_the_same_images(family):
+    cfg = _cfg(family, 28, channels=3)
+    dec = build_decoder(cfg.to_json())
+    fast = build_decoder(cfg.to_json(), {k: v.clone() for k, v in dec.state_dict().items()}).use_channels_last()
+    z = torch.randn(6, cfg.z_dim)
+    with torch.inference_mode():
+        out = fast(z)
+        torch.testing.assert_close(out, dec(z), atol=1e-5, rtol=0)
+    assert out.is_contiguous()
+    assert list(fast.state_dict()) == list(dec.state_dict())

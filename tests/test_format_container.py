@@ -254,3 +254,12 @@ def test_format_core_imports_no_torch():
 def test_container_dataclass_defaults():
     c = D3Container({"a": 1}, {})
     assert c.encodings == {}
+
+
+def test_writer_refuses_a_header_beyond_the_cap(monkeypatch):
+    import d3fmt.format.container as cm
+    from d3fmt.errors import LimitError
+
+    monkeypatch.setattr(cm, "MAX_HEADER_BYTES", 1000)
+    with pytest.raises(LimitError, match="header is"):
+        encode_d3(example_container())

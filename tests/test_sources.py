@@ -25,6 +25,7 @@ from d3fmt.sources.synthetic import (make_idx_dir, make_npz, make_shapes_folder,
                                      make_webdataset_shards, render_class, shape_classes)
 
 BILINEAR = Image.Resampling.BILINEAR
+MUTANTS, SEED_SHIFT = 12, 0   # raise these locally for a longer fuzz run (200+ passed)
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +222,9 @@ def test_class_subset_iteration(shapes):
     assert np.array_equal(x, x_all[keep]) and np.array_equal(y, y_all[keep])
     batches = _batches(src, classes=[1], batch_size=4)
     assert [b[1].tolist() for b in batches] == [[1, 1, 1, 1], [1, 1]]
+    assert np.array_equal(src.load(classes=1)[1], np.ones(6, np.int64))
     with pytest.raises(ConfigError):
-        src.load(classes=[3])
+        src.iter_batches(classes=[3])            # checked when called, before iterating
     with pytest.raises(ConfigError):
         src.load(classes=[])
 
@@ -447,6 +449,21 @@ def test_digits_builtin():
     assert full.max() == 255 and full.min() == 0
     assert open_source("digits", seed=1).load("test")[0].tobytes() != test.tobytes()
     assert open_source("digits", image_size=16).info.image_shape == (1, 16, 16)
+    x, _ = next(src.iter_batches(batch_size=64))
+    x[:] = 0                                  # batches are the caller's own arrays
+    assert np.array_equal(src.load()[0], train)
+
+
+def test_batches_are_writable_for_every_kind(tmp_path, shapes):
+    specs = [str(shapes), "digits",
+             str(make_npz(tmp_path / "n.npz", num_classes=2, per_class=3, image_size=8)),
+             str(make_idx_dir(tmp_path / "i", num_classes=2, per_class=3, image_size=8)),
+             make_webdataset_shards(tmp_path / "w", num_classes=2, per_class=3, image_size=8)]
+    for spec in specs:
+        src = open_source(spec, holdout=0)
+        for batch_size in (1, 4, 1000):
+            x, y = next(src.iter_batches(batch_size=batch_size))
+            assert x.flags.writeable and x.flags.c_contiguous and y.flags.writeable, spec
 
 
 # --- pixel statistics ---
@@ -463,12 +480,12 @@ def test_pixel_stats_match_numpy(shapes):
 
 # --- streaming memory bound ---
 
-def _peak_while_iterating(src) -> int:
+def _peak_while_iterating(src, batch_size: int) -> tuple[int, int]:
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         n = 0
-        for x, _ in src.iter_batches(batch_size=8):
+        for x, _ in src.iter_batches(batch_size=batch_size):
             n += len(x)
         return tracemalloc.get_traced_memory()[1], n
     finally:
@@ -476,7 +493,7 @@ def _peak_while_iterating(src) -> int:
 
 
 def test_iteration_streams_with_bounded_memory(tmp_path):
-    """Decoded sizes ~2 MB each; iterating must never hold more than a few batches."""
+    """Decoded sizes ~2 MB each, batches 1/40 of that: iterating holds a few batches."""
     folder = make_shapes_folder(tmp_path / "f", num_classes=4, per_class=40, image_size=64,
                                 val_per_class=0)
     npz = make_npz(tmp_path / "m.npz", num_classes=4, per_class=40, image_size=64, rgb=True)
@@ -484,13 +501,14 @@ def test_iteration_streams_with_bounded_memory(tmp_path):
                        image_size=28)
     wds = make_webdataset_shards(tmp_path / "w", num_classes=4, per_class=40, image_size=64,
                                  samples_per_shard=40)
-    for spec in (str(folder), str(npz), str(idx), wds):
+    for spec, batch_size in ((str(folder), 4), (str(npz), 4), (str(idx), 60), (wds, 4)):
         src = open_source(spec, holdout=0)
         decoded = src.info.num_train * int(np.prod(src.info.image_shape))
-        assert decoded > 1_500_000
-        peak, n = _peak_while_iterating(src)
+        batch_bytes = batch_size * int(np.prod(src.info.image_shape))
+        assert decoded > 1_500_000 and decoded >= 40 * batch_bytes
+        peak, n = _peak_while_iterating(src, batch_size)
         assert n == src.info.num_train
-        assert peak < decoded / 8, (spec, peak, decoded)
+        assert peak < 6 * batch_bytes and peak < decoded / 6, (spec, peak, decoded)
 
 
 # --- bad sources ---
@@ -642,3 +660,51 @@ def test_bad_options_are_config_errors(shapes):
         next(src.iter_batches("validation"))
     with pytest.raises(ConfigError):
         next(src.iter_batches(batch_size=0))
+
+
+def _mutants(data: bytes, seed: int, count: int):
+    """Copies of ``data`` with a few random bytes overwritten, or cut short."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        if k % 4 == 3:
+            yield data[: int(rng.integers(1, len(data)))]
+            continue
+        buf = bytearray(data)
+        for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 20))).tolist():
+            buf[pos] = int(rng.integers(0, 256))
+        yield bytes(buf)
+
+
+@pytest.mark.parametrize("kind", ["npz-deflated", "idx-gz", "tar-gz", "png"])
+def test_damaged_files_give_source_errors_only(tmp_path, kind):
+    """Hostile bytes: opening and reading either works or raises SourceError, nothing else."""
+    if kind == "npz-deflated":
+        target = make_npz(tmp_path / "d.npz", num_classes=2, per_class=3, image_size=8,
+                          compressed=True)
+        spec = str(target)
+    elif kind == "idx-gz":
+        root = make_idx_dir(tmp_path / "idx", num_classes=2, per_class=3, image_size=8)
+        target, spec = root / "train-images-idx3-ubyte.gz", str(root)
+    elif kind == "tar-gz":
+        pattern = make_webdataset_shards(tmp_path / "w", num_classes=2, per_class=3, image_size=8)
+        shard = Path(expand_braces(pattern)[0])
+        target = shard.with_suffix(".tar.gz")
+        target.write_bytes(gzip.compress(shard.read_bytes()))
+        shard.unlink()
+        spec = str(target)
+    else:
+        root = make_shapes_folder(tmp_path / "s", num_classes=2, per_class=2, image_size=8,
+                                  val_per_class=0)
+        target, spec = next((root / "train").rglob("*.png")), str(root)
+    original = target.read_bytes()
+    outcomes = Counter()
+    for mutant in _mutants(original, seed=len(kind) + SEED_SHIFT, count=MUTANTS):
+        target.write_bytes(mutant)
+        try:
+            src = open_source(spec, holdout=0)
+            src.load()
+            outcomes["ok"] += 1
+        except SourceError as exc:
+            assert "\n" not in str(exc)
+            outcomes["error"] += 1
+    assert outcomes["error"] >= 1, outcomes

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", help="output directory (created; existing files are overwritten)")
     parser.add_argument("--classes", type=int, default=10, help=f"number of classes, 2..{MAX_CLASSES}")
     parser.add_argument("--per-class", type=int, default=30, help="train images per class")
-    parser.add_argument("--val-per-class", type=int, default=10, help="val images per class (0: no val/)")
+    parser.add_argument("--val-per-class", type=int, default=10,
+                        help="val images per class (0: no val/)")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grey", action="store_true", help="write grey (L) images instead of RGB")

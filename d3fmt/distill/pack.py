@@ -303,7 +303,7 @@ def pack(cfg: PackConfig) -> PackResult:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     source = open_source(cfg.source, image_size=cfg.image_size, skip_bad=cfg.skip_bad, test=cfg.test,
-                         holdout=cfg.holdout, seed=cfg.seed)
+                         holdout=cfg.holdout, seed=0)  # the held-out split is the data's, not the run's
     info = source.info
     ipc, max_bytes = max_bytes_of(cfg, info.num_classes, info.image_shape)
     parts = partition_classes(info.num_classes, cfg.subtasks)

@@ -17,6 +17,15 @@ Priors: ``mu`` [K*L, z] class-major (row r is class r // L) initialised N(0, ini
 so classes start apart in latent space; ``logvar`` = ``init_logvar`` (log 0.1: sigma ~0.32,
 samples stay near their prior mean early on). Both are learned.
 
+Learnable lr: alpha is stored directly (not its log) and trained by SGD as in the MTT
+reference. With a randomly initialised decoder the first synthetic batches push the
+student in useless directions, and d(loss)/d(alpha) is then about 2 / alpha, so on small
+data (few expert steps per epoch) alpha can collapse towards 0 within a few iterations,
+after which the student no longer moves and no signal reaches the decoder. The floor
+``lr_min`` (default lr_init / 10) prevents that; it is not part of method.md.
+Late start epochs make ||theta*_t - theta*_{t+M}|| small and the normalised MTT gradient
+spiky; ``max_start_epoch`` bounds t as in the reference.
+
 Pixels: the decoder emits t in [-1, 1]; the ConvNets see ``(t + 1) / 2`` normalised with
 the per-channel ``mean``/``std`` of :class:`DistillConfig` (the rule of
 ``d3fmt.representation``), i.e. the same normalisation the experts were trained with.

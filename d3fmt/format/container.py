@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from d3fmt.errors import ConfigError, FormatError, IntegrityError
+from d3fmt.errors import ConfigError, FormatError, IntegrityError, LimitError
 from d3fmt.format import compression
 from d3fmt.format.constants import (
     FLAG_HEADER_ZSTD,
     HASH_BYTES,
+    MAX_HEADER_BYTES,
     MAX_HEADER_PADDING,
     PREAMBLE_BYTES,
     ZSTD_LEVEL_HEADER,
@@ -153,6 +154,8 @@ def assemble(header: dict, payloads: list[SectionPayload], *, compress_header: b
     if first - align(PREAMBLE_BYTES + len(stored)) > MAX_HEADER_PADDING:  # pragma: no cover
         raise FormatError("header padding exceeds its cap; please report this bug")
 
+    if raw_len > MAX_HEADER_BYTES:
+        raise LimitError(f"header is {raw_len} bytes, more than the cap of {MAX_HEADER_BYTES}; store fewer sections")
     sections = parse_sections(full["sections"])
     validate_header(full, sections)
     check_layout(sections, PREAMBLE_BYTES + len(stored), first + data_len)

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from d3fmt.errors import SourceError
-from d3fmt.sources.base import BadImages, Part
+from d3fmt.sources.base import BadImages, Part, READ_ERRORS, one_line
 from d3fmt.sources.images import resize_images, to_channels
 
 LAYOUTS = ("NHW", "NHWC", "NCHW")
@@ -77,8 +77,8 @@ class StreamRows(RowReader):
                     yield start, block.reshape((n, *self.row_shape))
         except SourceError:
             raise
-        except (OSError, EOFError, ValueError) as exc:   # zlib/gzip/zip errors included
-            raise SourceError(f"{self.where} is truncated or corrupt ({exc}); "
+        except READ_ERRORS as exc:
+            raise SourceError(f"{self.where} is truncated or corrupt ({one_line(exc)}); "
                               "re-create or re-download it") from None
 
 
@@ -119,7 +119,7 @@ class ArrayPart(Part):
     """Records that are rows of a pixel array with a known layout."""
 
     def __init__(self, rows: RowReader, layout: str, labels: np.ndarray,
-                 channels: int, side: int, part_id: int):
+                 channels: int, side: int):
         if layout not in LAYOUTS:
             raise ValueError(layout)
         self.rows = rows
@@ -127,7 +127,6 @@ class ArrayPart(Part):
         self.labels = labels
         self.channels = channels
         self.side = side
-        self.part_id = part_id
 
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -138,8 +137,12 @@ class ArrayPart(Part):
             lo, hi = np.searchsorted(ids, [start, start + len(block)])
             if hi > lo:
                 picked = ids[lo:hi]
-                pixels = to_nchw(to_uint8(block[picked - start], self.rows.where), self.layout)
-                pixels = resize_images(to_channels(pixels, self.channels), self.side)
-                yield picked, np.ascontiguousarray(pixels)   # [n, C, S, S]
+                rows = block if hi - lo == len(block) else block[picked - start]   # view if all
+                pixels = to_nchw(to_uint8(rows, self.rows.where), self.layout)
+                pixels = np.ascontiguousarray(resize_images(to_channels(pixels, self.channels),
+                                                            self.side))   # [n, C, S, S]
+                if pixels.base is not None:   # a view of the read buffer or of held data:
+                    pixels = pixels.copy()    # hand out arrays the caller may write to
+                yield picked, pixels
             if start + len(block) > last:
                 return

@@ -12,6 +12,10 @@ in memory; pixels never are, except the one batch being assembled.
 from __future__ import annotations
 
 import abc
+import struct
+import tarfile
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +24,11 @@ import numpy as np
 from d3fmt.errors import ConfigError, SourceError
 
 SPLITS = ("train", "test")
+
+# What reading a damaged file can raise: I/O, short gzip/zip/tar streams, bad deflate
+# data, and what zipfile raises on a damaged directory (bogus versions, methods, flags).
+READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, struct.error, zlib.error,
+               zipfile.BadZipFile, tarfile.TarError, NotImplementedError, RuntimeError)
 
 
 @dataclass
@@ -39,26 +48,22 @@ class SourceInfo:
 class BadImages:
     """The bad-image policy of one source: raise a SourceError naming the file, or skip.
 
-    Skipped images are counted once each (by part and record id), however many times
-    the source is iterated, so ``Source.skipped`` is the number of distinct bad files
-    found so far.
+    Skipped images are counted once each (by where they are: a path, or shard:member),
+    however many times the source is iterated, so ``Source.skipped`` is the number of
+    distinct bad files found so far.
     """
 
     skip: bool = False
-    seen: set[tuple[int, int]] = field(default_factory=set)
-    files: list[str] = field(default_factory=list)
+    seen: dict[str, None] = field(default_factory=dict)   # ordered set of bad files
 
-    def handle(self, part_id: int, record: int, where: str, err: BaseException) -> None:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    def handle(self, where: str, err: BaseException) -> None:
+        reason = one_line(err)
         if not self.skip:
             raise SourceError(
                 f"cannot decode image {where} ({reason}); fix or delete the file, "
                 "or pass --skip-bad to skip unreadable images"
             ) from None
-        key = (part_id, record)
-        if key not in self.seen:
-            self.seen.add(key)
-            self.files.append(where)
+        self.seen.setdefault(where, None)
 
 
 class Part(abc.ABC):
@@ -66,7 +71,6 @@ class Part(abc.ABC):
     IDX image/label pair, one npz x/y pair). Record ids are 0..N-1 in a fixed order."""
 
     labels: np.ndarray   # int64 [N], global class ids
-    part_id: int = 0     # distinguishes parts in the bad-image tally
 
     @abc.abstractmethod
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
@@ -78,11 +82,19 @@ class Part(abc.ABC):
         """
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (some libraries write several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(":") if text else type(exc).__name__
+
+
 def check_class_ids(classes: Sequence[int] | np.ndarray | None, num_classes: int
                     ) -> np.ndarray | None:
     """Validate a class subset; returns sorted unique int64 ids (or None for all)."""
     if classes is None:
         return None
+    if isinstance(classes, (int, np.integer)):
+        classes = [classes]
     ids = np.unique(np.asarray(list(classes), dtype=np.int64))
     if ids.size == 0:
         raise ConfigError("empty class subset; give at least one class id")
@@ -116,10 +128,11 @@ class Source:
     @property
     def skipped_files(self) -> list[str]:
         """Where the skipped images are (file path, or shard:member), in the order found."""
-        return list(self._bad.files)
+        return list(self._bad.seen)
 
     def __repr__(self) -> str:
-        return f"Source({self.info.name!r}, classes={self.info.num_classes}, shape={self.info.image_shape})"
+        info = self.info
+        return f"Source({info.name!r}, classes={info.num_classes}, shape={info.image_shape})"
 
     def _records(self, split: str, classes) -> tuple[Part, np.ndarray]:
         if split not in SPLITS:
@@ -143,12 +156,18 @@ class Source:
         only records of those global class ids are decoded (other files are not read)."""
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        batch_size = int(batch_size)
-        part, ids = self._records(split, classes)
+        part, ids = self._records(split, classes)   # options are checked now, not lazily
+        return self._stream(part, ids, int(batch_size))
+
+    def _stream(self, part: Part, ids: np.ndarray, batch_size: int
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         held_x: list[np.ndarray] = []
         held_y: list[np.ndarray] = []
         held = 0
         for got, images in part.read(ids, batch_size, self._bad):
+            if held == 0 and len(got) == batch_size:   # the common case: no copy
+                yield images, part.labels[got]
+                continue
             held_x.append(images)
             held_y.append(part.labels[got])
             held += len(got)
@@ -156,7 +175,7 @@ class Source:
                 x = np.concatenate(held_x)   # [held, C, H, W]
                 y = np.concatenate(held_y)   # [held]
                 yield x[:batch_size], y[:batch_size]
-                held_x, held_y = [x[batch_size:]], [y[batch_size:]]
+                held_x, held_y = [x[batch_size:].copy()], [y[batch_size:]]   # drop x's base
                 held -= batch_size
         if held:
             yield np.concatenate(held_x), np.concatenate(held_y)

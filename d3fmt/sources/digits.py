@@ -34,7 +34,7 @@ def open_digits(*, image_size: int | None, channels: int | None, bad) -> SourceP
     images, labels = digits_arrays()
     channels = channels or 1
     side = image_size or images.shape[1]
-    part = ArrayPart(MemoryRows(images, NAME), "NHW", labels, channels, side, part_id=0)
+    part = ArrayPart(MemoryRows(images, NAME), "NHW", labels, channels, side)
     return SourceParts(
         kind="digits", name="digits (scikit-learn load_digits, 8x8 grey)",
         class_names=[str(k) for k in range(10)], channels=channels, side=side,

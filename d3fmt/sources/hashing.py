@@ -29,7 +29,8 @@ def hash_files(kind: str, root: Path, rel_paths: Iterable[str], *, extra: bytes 
     try:
         sizes = [os.stat(root / rel).st_size for rel in rels]
     except OSError as exc:
-        raise SourceError(f"cannot read {exc.filename} ({exc.strerror}); check the source's files") from None
+        raise SourceError(f"cannot read {exc.filename} ({exc.strerror}); "
+                          "check the source's files") from None
     digest = hashlib.sha256()
     digest.update(f"d3fmt-source/{kind}\n".encode())
     digest.update(extra)

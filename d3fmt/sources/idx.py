@@ -28,9 +28,9 @@ import numpy as np
 
 from d3fmt.errors import SourceError
 from d3fmt.sources.arrays import ArrayPart, StreamRows
-from d3fmt.sources.base import SourceParts
+from d3fmt.sources.base import READ_ERRORS, SourceParts, one_line
 from d3fmt.sources.hashing import hash_files
-from d3fmt.sources.images import default_side
+from d3fmt.sources.images import MAX_SIDE, default_side
 
 FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -74,8 +74,8 @@ def _read_header(path: Path, ndim: int) -> tuple[tuple[int, ...], int]:
                 raise SourceError(f"{path} has IDX element type 0x{magic[2]:02x}; only unsigned "
                                   "bytes (0x08) are supported")
             raw = f.read(4 * ndim)
-    except (OSError, EOFError) as exc:
-        raise SourceError(f"cannot read {path} ({exc}); re-create or re-download it") from None
+    except READ_ERRORS as exc:
+        raise SourceError(f"cannot read {path} ({one_line(exc)}); re-create or re-download it") from None
     if len(raw) != 4 * ndim:
         raise SourceError(f"{path} is truncated inside its header; re-download it")
     return struct.unpack(f">{ndim}I", raw), 4 + 4 * ndim
@@ -103,8 +103,8 @@ def _load_labels(path: Path) -> np.ndarray:
     try:
         with _opener(path)() as f:
             data = f.read(offset + n)[offset:]
-    except (OSError, EOFError) as exc:
-        raise SourceError(f"{path} is truncated or corrupt ({exc}); re-download it") from None
+    except READ_ERRORS as exc:
+        raise SourceError(f"{path} is truncated or corrupt ({one_line(exc)}); re-download it") from None
     if len(data) != n:
         raise SourceError(f"{path} is truncated ({len(data)} of {n} labels); re-download it")
     return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
@@ -112,6 +112,8 @@ def _load_labels(path: Path) -> np.ndarray:
 
 def _image_rows(path: Path) -> StreamRows:
     (n, h, w), offset = _read_header(path, 3)
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise SourceError(f"{path} declares {h}x{w} images; sides must be 1..{MAX_SIDE}")
     _check_length(path, offset + n * h * w)
     return StreamRows(_opener(path), offset, n, (h, w), np.dtype(np.uint8), str(path))
 
@@ -150,8 +152,8 @@ def open_idx(root: Path, *, image_size: int | None, channels: int | None, bad) -
                               f"{len(names)} classes; the label file is corrupt")
     channels = channels or 1
     side = image_size or default_side(*rows.row_shape)
-    train_part = ArrayPart(rows, "NHW", labels, channels, side, part_id=0)
-    test_part = ArrayPart(test[0], "NHW", test[1], channels, side, part_id=1) if test else None
+    train_part = ArrayPart(rows, "NHW", labels, channels, side)
+    test_part = ArrayPart(test[0], "NHW", test[1], channels, side) if test else None
     tag = "fashion-mnist" if fashion else "idx"
     return SourceParts(
         kind="idx", name=f"idx:{root} ({tag}" + ("; test: t10k)" if test else ")"),

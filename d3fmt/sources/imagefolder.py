@@ -32,13 +32,12 @@ class FilesPart(Part):
     """Records that are image files below one directory; decoded one file at a time."""
 
     def __init__(self, tree: Path, rel_paths: list[str], labels: np.ndarray,
-                 channels: int, side: int, part_id: int):
+                 channels: int, side: int):
         self.tree = tree
         self.rel_paths = rel_paths
         self.labels = labels
         self.channels = channels
         self.side = side
-        self.part_id = part_id
 
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -50,7 +49,7 @@ class FilesPart(Part):
             try:
                 out[len(got)] = decode_image(path, self.channels, self.side)
             except ImageDecodeError as exc:
-                bad.handle(self.part_id, i, path, exc)
+                bad.handle(path, exc)
                 continue
             got.append(i)
             if len(got) == chunk:
@@ -117,10 +116,10 @@ def open_imagefolder(root: Path, *, image_size: int | None, channels: int | None
     look = look_at_images(
         len(paths), fetch=lambda i: str(train_dir / paths[i]),
         where=lambda i: str(train_dir / paths[i]),
-        on_bad=lambda i, where, exc: bad.handle(0, i, where, exc))
+        on_bad=bad.handle)
     channels = channels or look.channels
     side = image_size or look.side
-    train = FilesPart(train_dir, paths, labels, channels, side, part_id=0)
+    train = FilesPart(train_dir, paths, labels, channels, side)
 
     test = None
     rel_all = paths if train_dir == root else \
@@ -135,7 +134,7 @@ def open_imagefolder(root: Path, *, image_size: int | None, channels: int | None
         index = {c: k for k, c in enumerate(classes)}
         test_labels = np.repeat(np.asarray([index[c] for c in test_classes], dtype=np.int64),
                                 test_counts)
-        test = FilesPart(test_dir, test_paths, test_labels, channels, side, part_id=1)
+        test = FilesPart(test_dir, test_paths, test_labels, channels, side)
         rel_all += [os.path.relpath(test_dir / p, root).replace(os.sep, "/") for p in test_paths]
 
     suffix = f" ({layout})" if layout else ""

@@ -1,6 +1,6 @@
 """Decoding image files and resizing pixel arrays, the same way for every source kind.
 
-Rules (documented in docs/sources.md):
+Rules (summarised in the d3fmt.sources package docstring):
 - Output is uint8 [C, S, S]: C = 1 (grey) or 3 (RGB); S = the source's square side.
 - Colour conversion: to "L" for grey sources, to "RGB" otherwise (RGBA drops alpha,
   palette images are expanded). A colour file inside a grey source becomes grey.
@@ -87,7 +87,7 @@ def peek_image(src: str | bytes) -> tuple[str, tuple[int, int]]:
 
 
 def look_at_images(count: int, fetch: Callable[[int], str | bytes], where: Callable[[int], str],
-                   on_bad: Callable[[int, str, BaseException], None]) -> ImageLook:
+                   on_bad: Callable[[str, BaseException], None]) -> ImageLook:
     """Decide channels and default side from up to LOOK_LIMIT records spread over 0..count-1.
 
     ``fetch(i)`` gives a path or the bytes of record i; ``on_bad`` raises or records a
@@ -99,7 +99,7 @@ def look_at_images(count: int, fetch: Callable[[int], str | bytes], where: Calla
         try:
             mode, size = peek_image(fetch(i))
         except ImageDecodeError as exc:
-            on_bad(i, where(i), exc)
+            on_bad(where(i), exc)
             continue
         modes.append(mode)
         sizes[size] += 1

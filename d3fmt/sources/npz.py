@@ -18,12 +18,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import numpy.lib.format as npy
 
 from d3fmt.errors import SourceError
 from d3fmt.sources.arrays import ArrayPart, MemoryRows, StreamRows
-from d3fmt.sources.base import SourceParts
+from d3fmt.sources.base import READ_ERRORS, SourceParts, one_line
 from d3fmt.sources.hashing import hash_files
-from d3fmt.sources.images import default_side
+from d3fmt.sources.images import MAX_SIDE, default_side
 
 MAX_HEADER = 10_000
 
@@ -46,18 +47,19 @@ class _Member:
 
 def _header(zf: zipfile.ZipFile, member: str, path: Path) -> tuple[tuple, bool, np.dtype, int]:
     """(shape, fortran_order, dtype, data offset) of one .npy member, without unpickling."""
-    with zf.open(member) as f:
-        try:
-            version = np.lib.format.read_magic(f)
+    try:
+        with zf.open(member) as f:
+            version = npy.read_magic(f)
             if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER)
+                shape, fortran, dtype = npy.read_array_header_1_0(f, max_header_size=MAX_HEADER)
             elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER)
+                shape, fortran, dtype = npy.read_array_header_2_0(f, max_header_size=MAX_HEADER)
             else:
                 raise ValueError(f"unsupported .npy version {version}")
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise SourceError(f"{path}: member {member} is not a plain .npy array ({exc})") from None
-        offset = f.tell()
+            offset = f.tell()
+    except READ_ERRORS as exc:
+        raise SourceError(f"{path}: member {member} is not a plain .npy array "
+                          f"({one_line(exc)})") from None
     if dtype.hasobject:
         raise SourceError(f"{path}: {member} holds Python objects (a pickle); d3fmt never "
                           "unpickles, save plain numeric/string arrays")
@@ -68,9 +70,9 @@ def _small(zf: zipfile.ZipFile, member: str, path: Path) -> np.ndarray:
     _header(zf, member, path)   # refuses object arrays first
     try:
         with zf.open(member) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise SourceError(f"{path}: cannot read {member} ({exc})") from None
+            return npy.read_array(f, allow_pickle=False)
+    except READ_ERRORS as exc:
+        raise SourceError(f"{path}: cannot read {member} ({one_line(exc)})") from None
 
 
 def _layout(shape: tuple, path: Path, key: str) -> str:
@@ -97,8 +99,11 @@ def _rows(zf, path: Path, key: str):
     if dtype.kind not in "iuf":
         raise SourceError(f"{path}: {key} has dtype {dtype}; use uint8 (or floats in [0, 1])")
     layout = _layout(shape, path, key)
+    if not all(1 <= side <= MAX_SIDE for side in _hw_c(shape, layout)[:2]):
+        raise SourceError(f"{path}: {key} has shape {list(shape)}; image sides must be 1..{MAX_SIDE}")
     if fortran:
-        return MemoryRows(np.ascontiguousarray(_small(zf, key + ".npy", path)), f"{path}:{key}"), layout, shape
+        whole = np.ascontiguousarray(_small(zf, key + ".npy", path))
+        return MemoryRows(whole, f"{path}:{key}"), layout, shape
     return (StreamRows(lambda: _Member(path, key + ".npy"), offset, shape[0],
                        shape[1:], dtype, f"{path}:{key}"), layout, shape)
 
@@ -118,8 +123,8 @@ def _labels(zf, path: Path, key: str, n: int) -> np.ndarray:
 def open_npz(path: Path, *, image_size: int | None, channels: int | None, bad) -> SourceParts:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise SourceError(f"cannot open {path} as .npz ({exc})") from None
+    except READ_ERRORS as exc:
+        raise SourceError(f"cannot open {path} as .npz ({one_line(exc)})") from None
     with zf:
         keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
         xk, yk = ("x", "y") if {"x", "y"} <= keys else ("x_train", "y_train")
@@ -150,8 +155,8 @@ def open_npz(path: Path, *, image_size: int | None, channels: int | None, bad) -
     height, width, have = _hw_c(shape, layout)
     channels = channels or have
     side = image_size or default_side(height, width)
-    train = ArrayPart(rows, layout, labels, channels, side, part_id=0)
-    test_part = ArrayPart(test[0], test[1], test[2], channels, side, part_id=1) if test else None
+    train = ArrayPart(rows, layout, labels, channels, side)
+    test_part = ArrayPart(test[0], test[1], test[2], channels, side) if test else None
     return SourceParts(
         kind="npz", name=f"npz:{path}" + (" (test: x_test)" if test else ""),
         class_names=names, channels=channels, side=side, train=train, test=test_part,

@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from d3fmt.errors import SourceError
-from d3fmt.sources.base import BadImages, Part, SourceParts
+from d3fmt.sources.base import BadImages, Part, READ_ERRORS, SourceParts, one_line
 from d3fmt.sources.hashing import hash_files
 from d3fmt.sources.images import (IMAGE_EXTENSIONS, ImageDecodeError, decode_image,
                                   look_at_images)
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LABEL_EXTENSIONS = ("cls", "cls.txt")
+MAX_MEMBER_BYTES = 64 * 1024 * 1024   # an image member larger than this is a bad image
 MAX_BRACE_EXPANSION = 1_000_000
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -105,15 +106,21 @@ class ShardsPart(Part):
         self.labels = labels            # int64 [N]
         self.channels = channels
         self.side = side
-        self.part_id = 0
 
     def where(self, i: int) -> str:
         return f"{self.shards[self.shard_ids[i]]}:{self.members[i]}"
 
     def fetch(self, i: int) -> bytes:
-        with _open_raw(self.shards[self.shard_ids[i]]) as f:
-            f.seek(int(self.offsets[i]))
-            return f.read(int(self.sizes[i]))
+        if self.sizes[i] > MAX_MEMBER_BYTES:
+            return b""   # not an image: the look reports it as bad
+        shard = self.shards[self.shard_ids[i]]
+        try:
+            with _open_raw(shard) as f:
+                f.seek(int(self.offsets[i]))
+                return f.read(int(self.sizes[i]))
+        except READ_ERRORS as exc:
+            raise SourceError(f"shard {shard} is truncated or corrupt ({one_line(exc)}); "
+                              "re-create it") from None
 
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -126,21 +133,25 @@ class ShardsPart(Part):
             try:
                 stream = _open_raw(self.shards[shard])
             except OSError as exc:
-                raise SourceError(f"cannot open shard {self.shards[shard]}: {exc}") from None
+                raise SourceError(f"cannot open shard {self.shards[shard]}: {one_line(exc)}") from None
             with stream:
                 for i in wanted.tolist():
+                    if self.sizes[i] > MAX_MEMBER_BYTES:
+                        bad.handle(self.where(i), ImageDecodeError(
+                            f"member of {int(self.sizes[i])} bytes is over {MAX_MEMBER_BYTES}"))
+                        continue
                     try:
                         stream.seek(int(self.offsets[i]))
                         data = stream.read(int(self.sizes[i]))
-                    except (OSError, EOFError) as exc:
+                    except READ_ERRORS as exc:
                         raise SourceError(f"shard {self.shards[shard]} is truncated or corrupt "
-                                          f"({exc}); re-create it") from None
+                                          f"({one_line(exc)}); re-create it") from None
                     try:
                         if len(data) != self.sizes[i]:
                             raise ImageDecodeError("member is truncated")
                         out[len(got)] = decode_image(data, self.channels, self.side)
                     except ImageDecodeError as exc:
-                        bad.handle(self.part_id, i, self.where(i), exc)
+                        bad.handle(self.where(i), exc)
                         continue
                     got.append(i)
                     if len(got) == chunk:
@@ -175,8 +186,9 @@ def _scan_shard(path: Path) -> list[tuple[str, str, int, int, str]]:
                 elif ext in LABEL_EXTENSIONS:
                     raw = tar.extractfile(member).read(256)
                     entry[3] = raw.decode("utf-8", "replace").strip()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise SourceError(f"cannot read shard {path} ({exc}); is it a complete .tar file?") from None
+    except READ_ERRORS as exc:
+        raise SourceError(f"cannot read shard {path} ({one_line(exc)}); "
+                          "is it a complete .tar file?") from None
     rows = []
     for key, (member, offset, size, label) in samples.items():
         if member is None or label is None:
@@ -194,7 +206,8 @@ def _class_list(shards: list[Path]) -> list[str] | None:
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read {path} ({exc}); it must be a JSON list of class names") from None
+        raise SourceError(f"cannot read {path} ({one_line(exc)}); "
+                          "it must be a JSON list of class names") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
             or len(set(names)) != len(names):
         raise SourceError(f"{path} must be a JSON list of distinct class names")
@@ -245,7 +258,7 @@ def open_shards(spec: str, *, image_size: int | None, channels: int | None,
                       np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64),
                       members, labels, channels or 3, image_size or 1)
     look = look_at_images(len(members), fetch=part.fetch, where=part.where,
-                          on_bad=lambda i, where, exc: bad.handle(0, i, where, exc))
+                          on_bad=bad.handle)
     part.channels = channels or look.channels
     part.side = image_size or look.side
 

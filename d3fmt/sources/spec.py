@@ -87,7 +87,8 @@ def _open_parts(spec: str, image_size: int | None, channels: int | None,
         raise SourceError(f"source {where} not found; {_SUPPORTED}")
     opener = {"imagefolder": open_imagefolder, "idx": open_idx, "npz": open_npz}[kind]
     if kind == "npz" and not path.is_file() or kind != "npz" and not path.is_dir():
-        raise SourceError(f"{kind} source {where} must be a " + ("file" if kind == "npz" else "directory"))
+        what = "file" if kind == "npz" else "directory"
+        raise SourceError(f"{kind} source {where} must be a {what}")
     return opener(path, image_size=image_size, channels=channels, bad=bad)
 
 
@@ -145,7 +146,6 @@ def open_source(spec: str, *, image_size: int | None = None, skip_bad: bool = Fa
         if other.class_names != parts.class_names:
             raise SourceError(f"test source {test} has classes {other.class_names[:5]}... but "
                               f"{spec} has {parts.class_names[:5]}...; both need the same classes")
-        other.train.part_id = 2
         test_split = (other.train, np.arange(len(other.train.labels), dtype=np.int64))
         name += f"; test: {other.name}"
         content_hash = combine_hashes(content_hash, other.content_hash)

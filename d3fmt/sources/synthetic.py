@@ -207,7 +207,7 @@ def render_shape(cls: ShapeClass, rng: np.random.Generator, size: int) -> np.nda
         r = rng.uniform(0.05, 0.1) * size
         blob = (((xx - cx) ** 2 + (yy - cy) ** 2) <= r * r)[..., None]
         img = np.where(blob, rng.uniform(0, 255, size=3).astype(np.float32), img)
-    img = img + rng.normal(0, rng.uniform(3, 14), size=img.shape).astype(np.float32)
+    img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(3, 14))
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 

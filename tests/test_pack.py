@@ -1,0 +1,140 @@
+"""`d3 pack` end to end on CPU at tiny settings: valid files within budget, resume, clean failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import d3fmt
+from d3fmt.augment import DSAParams
+from d3fmt.cli import main
+from d3fmt.distill import trainer
+from d3fmt.distill.experts import ExpertConfig
+from d3fmt.distill.pack import PackConfig, fit_to_cap, pack, partition_classes
+from d3fmt.distill.trainer import DistillConfig
+from d3fmt.errors import BudgetError, ConfigError, SourceError
+from d3fmt.evaluate import EvalConfig
+from d3fmt.format import D3Container, D3Reader, read_d3
+from d3fmt.sources.synthetic import make_shapes_folder
+
+TINY_ARGS = ["--iterations", "3", "--experts", "1", "--expert-epochs", "3", "--syn-steps", "2",
+             "--match-epochs", "1", "--convnet-width", "16", "--eval-epochs", "2", "-q"]
+
+
+def tiny_config(tmp_path, source="digits", budget=10.0, iterations=3, **kw) -> PackConfig:
+    kw.setdefault("evaluation", EvalConfig(epochs=2, width=16))
+    return PackConfig(
+        source=source, output=str(tmp_path / "out.d3"), budget=budget, work_dir=str(tmp_path / "work"),
+        quiet=True, experts=ExpertConfig(num_experts=1, epochs=3, width=16),
+        distill=DistillConfig(iterations=iterations, syn_steps=2, expert_epochs=1, checkpoint_every=1,
+                              mmd_samples=4, mmd_real=8, dsa=DSAParams()),
+        **kw,
+    )
+
+
+def test_pack_digits_writes_a_valid_file_within_budget(tmp_path):
+    result = pack(tiny_config(tmp_path))
+    cap = 10 * 10 * 1 * 8 * 8 * 4
+    assert result.max_bytes == cap
+    assert 0.8 * cap <= result.file_bytes <= cap
+    with D3Reader(result.path) as r:
+        r.verify()
+        h = r.header
+        assert h["budget"]["bytes_used"] == result.file_bytes == r.file_bytes
+        assert h["labels"] == "soft" and h["evals"][0]["runs"] == 1
+        assert h["provenance"]["source"].startswith("digits")
+        assert h["budget"]["choices"]["width"] == result.plan.width
+    ds = d3fmt.D3Dataset(result.path)
+    image, label = ds[0]
+    assert image.shape == (1, 8, 8) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert len(ds) == 10 * h["samples_per_class"]
+
+
+def test_pack_generated_rgb_imagefolder_via_cli(tmp_path):
+    src = make_shapes_folder(tmp_path / "shapes", num_classes=4, per_class=12, image_size=16, val_per_class=4)
+    out = tmp_path / "shapes.d3"
+    res = CliRunner().invoke(main, ["pack", str(src), "-o", str(out), "--budget", "20",
+                                    "--work-dir", str(tmp_path / "w"), *TINY_ARGS])
+    assert res.exit_code == 0, res.output
+    assert "bytes" in res.output and "accuracy" in res.output
+    c = read_d3(out)
+    assert c.header["image_shape"] == [3, 16, 16] and c.header["num_classes"] == 4
+    assert out.stat().st_size <= 20 * 4 * 3 * 16 * 16 * 4
+    assert c.header["evals"][0]["test_set"].count("val")  # evaluated on the held-out val/ split
+
+
+def test_interrupted_pack_leaves_no_file_and_resume_completes(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, iterations=4, evaluation=None)
+    real_iteration, calls = trainer._iteration, {"n": 0}
+
+    def crash_on_third(task, state):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_iteration(task, state)
+
+    monkeypatch.setattr(trainer, "_iteration", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        pack(cfg)
+    assert not (tmp_path / "out.d3").exists()
+    monkeypatch.setattr(trainer, "_iteration", real_iteration)
+    resumed = pack(PackConfig(**{**cfg.__dict__, "resume": True}))
+    assert calls["n"] == 3  # the crash happened where we said
+    fresh = pack(PackConfig(**{**cfg.__dict__, "output": str(tmp_path / "fresh.d3"),
+                               "work_dir": str(tmp_path / "work2")}))
+    a, b = read_d3(resumed.path), read_d3(fresh.path)
+    for name in a.tensors:
+        np.testing.assert_allclose(a.tensors[name], b.tensors[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_bad_sources_fail_cleanly(tmp_path):
+    runner = CliRunner()
+    for src in [str(tmp_path / "missing"), str(tmp_path)]:
+        res = runner.invoke(main, ["pack", src, "-o", str(tmp_path / "x.d3"), "--budget", "10", "-q"])
+        assert res.exit_code == 1, res.output
+        assert res.output.startswith("Error: ") and "Traceback" not in res.output
+        assert not (tmp_path / "x.d3").exists()
+    with pytest.raises(SourceError):
+        pack(tiny_config(tmp_path, source=str(tmp_path / "nope.npz")))
+
+
+def test_impossible_budget_stops_before_training(tmp_path):
+    res = CliRunner().invoke(main, ["pack", "digits", "-o", str(tmp_path / "x.d3"), "--budget", "0.5",
+                                    "--work-dir", str(tmp_path / "w"), "-q"])
+    assert res.exit_code == 1 and "smallest needs about" in res.output and "--budget" in res.output
+    assert not (tmp_path / "w" / "experts").exists()  # no expert was trained
+
+
+def test_option_errors(tmp_path):
+    with pytest.raises(ConfigError):
+        partition_classes(10, 11)
+    with pytest.raises(ConfigError):
+        pack(tiny_config(tmp_path, budget=None))  # neither --budget nor --max-bytes
+    res = CliRunner().invoke(main, ["pack", "digits", "-o", str(tmp_path / "x.d3"), "--budget", "10",
+                                    "--device", "cuda:7", "-q"])
+    assert res.exit_code == 1 and "Error:" in res.output
+
+
+def test_partition_is_balanced_contiguous_and_complete():
+    parts = partition_classes(10, 3)
+    assert parts == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def test_fit_to_cap_downgrades_incompressible_tensors():
+    rng = np.random.default_rng(0)
+    from d3fmt.format.example import example_container
+
+    c = example_container(num_classes=3, image_shape=(1, 4, 4), z_dim=64, latents_per_class=4)
+    c.header["budget"]["choices"] = {}
+    for name in c.tensors:
+        c.tensors[name] = rng.uniform(-1, 1, c.tensors[name].shape).astype(np.float32)
+        c.encodings[name] = "float32"
+    from d3fmt.format import encode_d3
+
+    full = len(encode_d3(c))
+    size = fit_to_cap(c, int(full * 0.7))
+    assert size <= full * 0.7 and c.header["budget"]["choices"]["downgraded_to_fit"]
+    assert set(c.encodings.values()) & {"float16", "int8"}
+    with pytest.raises(BudgetError):
+        fit_to_cap(D3Container(c.header, c.tensors, dict(c.encodings)), 100)
