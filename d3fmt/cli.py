@@ -113,6 +113,8 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--holdout", type=float, help="Fraction held out for evaluation when SRC has no test split [0.2].")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
 @click.option("--subtasks", default=1, show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
+@click.option("--subtask", type=int, help="Distil only this subtask (0..S-1) into a partial file for `d3 merge` (job arrays).")
+@click.option("--label-sample", default=100, show_default=True, help="Real images per class (the first ones) the all-class soft-label expert trains on.")
 @click.option("--preset", type=click.Choice(["auto", "fast", "standard", "reference"]), default="auto",
               show_default=True, help="Bundle of the settings below: fast (CPU, minutes), standard (GPU), "
               "reference (method.md); auto = standard on CUDA, fast on CPU. Options given explicitly win.")
@@ -123,6 +125,9 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--match-epochs", default=2, show_default=True, help="Expert epochs the student must cover (M).")
 @click.option("--max-start-epoch", default=0, show_default=True, help="Latest start epoch on the trajectory [0: as late as possible].")
 @click.option("--mmd-weight", default=1.0, show_default=True, help="Weight of the MMD loss.")
+@click.option("--warmup", type=float, default=0.2, show_default=True,
+              help="Share of the iterations that first train by MMD alone (student lr frozen), so that "
+              "trajectory matching starts from decoded samples that resemble the data.")
 @click.option("--convnet-width", type=int, help="Width of the expert, student and evaluation ConvNets [fast 32, else 128].")
 @click.option("--decoder", "family", type=click.Choice(["small", "medium", "large"]), help="Decoder family [fitter's choice].")
 @click.option("--z-dim", type=int, help="Latent size [fitter's choice].")
@@ -139,8 +144,9 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--checkpoint-every", default=50, show_default=True, help="Iterations between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip_bad, subtasks, preset, iterations,
-             num_experts, expert_epochs, syn_steps, match_epochs, max_start_epoch, mmd_weight, convnet_width,
+def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip_bad, subtasks, subtask, label_sample,
+             preset, iterations,
+             num_experts, expert_epochs, syn_steps, match_epochs, max_start_epoch, mmd_weight, warmup, convnet_width,
              family, z_dim, latents, decoder_width, encoding, hard_labels, no_eval, eval_epochs, eval_runs,
              device, seed, work_dir, checkpoint_every, resume, quiet):
     """Distil the labelled images of SRC into a .d3 file that fits the budget.
@@ -160,6 +166,12 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
     budget fitter picks latents per class, latent size, decoder width and tensor encoding
     before training so that the whole file uses 80-100% of the cap. The stored file is then
     evaluated on the held-out real split and the accuracy is recorded in it.
+
+    \b
+    Federated: with --subtasks S, all subtasks run here one after another (one worker
+    process per GPU when several are visible); under `torchrun --nproc_per_node=N -m
+    d3fmt pack ...` the ranks share them and rank 0 writes the file; with --subtask i
+    (a job array) only subtask i is written, as a part for `d3 merge`.
     """
     from d3fmt.augment import DSAParams
     from d3fmt.distill.experts import ExpertConfig
@@ -176,17 +188,27 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
 
     cfg = PackConfig(
         source=src, output=output, budget=budget, max_bytes=max_bytes, image_size=image_size, test=test_src,
-        holdout=holdout, skip_bad=skip_bad, subtasks=subtasks, seed=seed, device=device, work_dir=work_dir,
+        holdout=holdout, skip_bad=skip_bad, subtasks=subtasks, subtask=subtask, label_sample=label_sample,
+        seed=seed, device=device, work_dir=work_dir,
         resume=resume, soft_labels=not hard_labels, family=family, z_dim=z_dim, latents_per_class=latents,
         decoder_width=decoder_width, encoding=encoding, quiet=quiet,
         experts=ExpertConfig(num_experts=num_experts, epochs=expert_epochs, width=convnet_width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=syn_steps, expert_epochs=match_epochs,
                               max_start_epoch=max_start_epoch, mmd_weight=mmd_weight, seed=seed,
+                              warmup=int(round(warmup * iterations)),
                               checkpoint_every=checkpoint_every, dsa=DSAParams()),
         evaluation=None if no_eval else EvalConfig(epochs=eval_epochs, runs=eval_runs, width=convnet_width,
                                                    seed=seed),
     )
     result = pack(cfg)
+    if result.path is None:  # a torchrun rank other than 0
+        click.echo(f"sent subtasks {result.subtasks} ({result.file_bytes} bytes) to rank 0, which writes {output}",
+                   err=True)
+        return
+    if result.partial:
+        click.echo(f"wrote part {result.path} (subtask {subtask} of {subtasks}): {result.file_bytes} bytes; "
+                   f"merge all parts with `d3 merge PARTS... -o OUT --source SRC`")
+        return
     click.echo(f"wrote {result.path}: {result.file_bytes} bytes = {result.file_bytes / result.max_bytes:.1%} "
                f"of the {result.max_bytes}-byte budget")
     p = result.plan
@@ -351,3 +373,37 @@ def baseline_full_cmd(src, test_src, image_size, as_json, quiet, **eval_kw):
     _baseline_run("full", src, test_src, None, image_size, 0, None, eval_kw, as_json, quiet)
 
 # --- merge (federated) ---
+@main.command("merge", context_settings={"max_content_width": 100})
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The merged .d3 file to write.")
+@click.option("--source", "source_src", help="The source the parts were packed from [the spec they recorded].")
+@click.option("--test", "test_src", help="A separate held-out source for the evaluation [the one the parts recorded].")
+@click.option("--work-dir", default=".d3cache", show_default=True, type=click.Path(file_okay=False),
+              help="Reuses a cached all-class soft-label expert.")
+@click.option("--no-eval", is_flag=True, help="Skip the evaluation of the merged file.")
+@click.option("--eval-epochs", type=int, help="Epochs of the evaluation training [what the parts recorded, else 300].")
+@click.option("--eval-runs", type=int, help="Independent evaluation runs [what the parts recorded].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def merge_cmd(parts, output, source_src, test_src, work_dir, no_eval, eval_epochs, eval_runs, device, quiet):
+    """Merge the parts of a federated job (`d3 pack ... --subtasks S --subtask i`) into one file.
+
+    \b
+    The parts must belong together: same source hash, settings, budget plan and class
+    partition, every subtask exactly once. Soft labels over all classes are then
+    assigned by one expert trained on all classes (a bounded sample per class; cached in
+    --work-dir), so merging needs the source (--source; not with --hard-labels parts and
+    --no-eval). The merged file is checked against the byte cap and evaluated.
+    """
+    from d3fmt.distill.merge import MergeConfig, merge
+
+    result = merge(list(parts), MergeConfig(output=output, source=source_src, test=test_src, work_dir=work_dir,
+                                            device=device, evaluate=not no_eval, eval_epochs=eval_epochs,
+                                            eval_runs=eval_runs, quiet=quiet))
+    click.echo(f"merged {len(parts)} part(s), {len(result.subtasks)} subtasks, into {result.path}: "
+               f"{result.file_bytes} bytes = {result.file_bytes / result.max_bytes:.1%} of the "
+               f"{result.max_bytes}-byte budget")
+    if result.evaluation is not None:
+        ev = result.evaluation
+        click.echo(f"  accuracy {ev.mean:.2%} +- {ev.std:.2%} ({ev.model}, {len(ev.accuracies)} run(s), "
+                   f"{ev.epochs} epochs, final model on the held-out split)")

@@ -270,7 +270,7 @@ def _load_subtask(entry, t, classes, num_classes, image_shape, get_tensor, devic
     cfg = decoder.cfg
     if cfg.z_dim != z_dim or (cfg.channels, cfg.image_size, cfg.image_size) != tuple(image_shape):
         raise FormatError(f"subtask {t} decoder does not match z_dim / image_shape in the header; the file is corrupt")
-    decoder = decoder.to(device=device, dtype=dtype).eval().requires_grad_(False).use_channels_last()
+    decoder = decoder.to(device=device, dtype=dtype).eval().requires_grad_(False).optimize_for_inference()
     return Subtask(list(classes), lpc, z_dim, mu.to(device), logvar.to(device), None if soft is None else soft.to(device), decoder)
 
 

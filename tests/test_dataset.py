@@ -233,3 +233,26 @@ def test_stream_bf16_and_autograd_friendly_output(d3_file):
 
 def test_lazy_top_level_names():
     assert d3fmt.D3Dataset is D3Dataset and d3fmt.D3Stream is D3Stream
+
+
+def test_bf16_dataset_returns_float32_close_to_fp32(d3_file):
+    fp32 = D3Dataset(d3_file)
+    bf16 = D3Dataset(d3_file, dtype=torch.bfloat16)
+    a, b = _stack(fp32.__getitems__(range(6)))[0], _stack(bf16.__getitems__(range(6)))[0]
+    assert b.dtype == torch.float32
+    torch.testing.assert_close(b, a, atol=0.03, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (hardware, not a missing feature)")
+def test_cuda_stream_matches_cpu_dataset(d3_file):
+    ds = D3Dataset(d3_file, samples_per_class=8, seed=4)
+    stream = D3Stream(d3_file, batch_size=32, device="cuda", samples_per_class=8, seed=4, shuffle=False)
+    images, labels = next(iter(stream))
+    assert images.device.type == "cuda"
+    want, want_labels = _stack(ds.__getitems__(range(32)))
+    torch.testing.assert_close(images.cpu(), want, atol=1e-4, rtol=0)
+    assert labels.cpu().tolist() == want_labels
+    from d3fmt.noise import gaussian
+
+    idx = torch.arange(1000) * 7919
+    torch.testing.assert_close(gaussian(1, 2, idx.cuda(), 16).cpu(), gaussian(1, 2, idx, 16), atol=1e-5, rtol=0)

@@ -162,10 +162,12 @@ def test_gradients_flow_to_latents_and_weights():
 
 
 @pytest.mark.parametrize("family", ["small", "medium", "large"])
-def test_channels_last_gives_the_same_images(family):
-    cfg = _cfg(family, 28, channels=3)
+@pytest.mark.parametrize("norm", ["group", "none"])
+def test_inference_optimisation_gives_the_same_images(family, norm):
+    cfg = _cfg(family, 28, channels=3, norm=norm)
     dec = build_decoder(cfg.to_json())
-    fast = build_decoder(cfg.to_json(), {k: v.clone() for k, v in dec.state_dict().items()}).use_channels_last()
+    fast = build_decoder(cfg.to_json(), {k: v.clone() for k, v in dec.state_dict().items()}).optimize_for_inference()
+    assert (family != "small") == any(s.phase_weight is not None for s in fast.stages)
     z = torch.randn(6, cfg.z_dim)
     with torch.inference_mode():
         out = fast(z)

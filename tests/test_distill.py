@@ -91,3 +91,13 @@ def test_bad_inputs_raise(digits):
         distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, max_start_epoch=4))
     with pytest.raises(ConfigError):  # RGB normalisation for grey data
         distill(x, y, 10, DEC, 1, traj, _cfg((0.5,) * 3, (0.5,) * 3))
+
+
+def test_warmup_trains_by_mmd_alone_with_alpha_frozen(digits):
+    x, y, mean, std, traj = digits
+    seen = []
+    res = distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=5, warmup=3),
+                  progress=lambda i, l: seen.append(l["lr"]))
+    assert res.history["mtt"][:3] == [0.0, 0.0, 0.0] and all(v > 0 for v in res.history["mtt"][3:])
+    assert seen[0] == seen[1] == seen[2] == pytest.approx(0.01)  # alpha frozen while warming up
+    assert res.history["mmd"][0] > 0

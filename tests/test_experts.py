@@ -105,3 +105,25 @@ def test_bad_inputs_raise(tmp_path):
         train_experts(x[:, :, :, :6], y, 3, _cfg(), tmp_path)  # not square
     with pytest.raises(ConfigError):
         ExpertConfig(augment="mixup")
+
+
+def test_deleted_expert_file_is_retrained_identically(tmp_path):
+    x, y = _data()
+    first = train_experts(x, y, 3, _cfg(), tmp_path, data_id="toy")
+    before = first.trajectory(1)
+    first._files[1].unlink()
+    trained = []
+    again = train_experts(x, y, 3, _cfg(), tmp_path, data_id="toy", progress=lambda e, *a: trained.append(e))
+    assert set(trained) == {1} and len(again) == 2
+    assert torch.equal(again.trajectory(1), before)
+
+
+def test_auto_batch_size_keeps_enough_steps_per_epoch():
+    from d3fmt.distill.experts import expert_batch_size
+
+    assert expert_batch_size(ExpertConfig(batch_size=0), 60000) == 256
+    assert expert_batch_size(ExpertConfig(batch_size=0), 1437) == 57  # digits: 25 steps an epoch
+    assert expert_batch_size(ExpertConfig(batch_size=0), 100) == 16
+    assert expert_batch_size(ExpertConfig(batch_size=64), 100) == 64
+    with pytest.raises(ConfigError):
+        ExpertConfig(batch_size=-1)

@@ -138,3 +138,22 @@ def test_fit_to_cap_downgrades_incompressible_tensors():
     assert set(c.encodings.values()) & {"float16", "int8"}
     with pytest.raises(BudgetError):
         fit_to_cap(D3Container(c.header, c.tensors, dict(c.encodings)), 100)
+
+
+def test_budget_plan_is_the_same_in_every_process_of_a_job(tmp_path):
+    """Parts of one job may live at other paths, run at other times and be evaluated
+    differently: they must still fit the very same plan (the merge checks it)."""
+    from dataclasses import replace
+
+    from d3fmt.distill.pack import fit
+    from d3fmt.sources import open_source
+
+    info = open_source("digits").info
+    parts = partition_classes(info.num_classes, 3)
+    cfg = tiny_config(tmp_path)
+    plan = fit(cfg, info, parts, 10.0, 25600)
+    moved = replace(info, name="imagefolder:/a/much/longer/path/on/another/machine/" + "x" * 40)
+    other = PackConfig(**{**cfg.__dict__, "source": "/elsewhere/" + "y" * 60, "evaluation": None,
+                          "output": "/tmp/other.d3"})
+    assert fit(other, moved, parts, 10.0, 25600).choices() == plan.choices()
+    assert plan.decoders == fit(other, moved, parts, 10.0, 25600).decoders

@@ -60,6 +60,7 @@ class D3File:
     bytes: int
     decoder: dict  # DecoderConfig JSON + latents_per_class + whether the fitter chose it
     decoder_params: int
+    mflop_per_image: float  # 2 * multiply-accumulates of one decode
 
 
 @dataclass
@@ -138,6 +139,25 @@ def realistic_decoder(shape: tuple[int, int, int], ipc: float) -> dict:
                 "fitted": False}  # fmt: skip
 
 
+def decoder_macs(cfg_json: dict) -> int:
+    """Multiply-accumulates to decode one image (convolutions and the linear layer)."""
+    from d3fmt.models.decoder import DecoderConfig, decoder_param_shapes
+
+    cfg = DecoderConfig.from_json(cfg_json)
+    side, macs = cfg.start_size, 0
+    for name, shape in decoder_param_shapes(cfg).items():
+        if name == "fc.weight":
+            macs += shape[0] * shape[1]
+        elif name.endswith("conv.weight"):
+            upsample = shape[2] == 3 and cfg.family != "small" and name.startswith(f"stages.{cfg.num_stages - 1}.")
+            side *= 2
+            # transposed conv: every input pixel meets the whole kernel; upsample + conv: every output pixel does
+            macs += shape[0] * shape[1] * shape[2] * shape[3] * (side * side if upsample else side * side // 4)
+        elif name == "head.weight":
+            macs += shape[0] * shape[1] * 9 * side * side
+    return macs
+
+
 def write_bench_d3(work: str, shape: tuple[int, int, int], ipc: float, count: int) -> D3File:
     from d3fmt.format import write_d3
     from d3fmt.models.decoder import decoder_param_count
@@ -152,7 +172,7 @@ def write_bench_d3(work: str, shape: tuple[int, int, int], ipc: float, count: in
     size = write_d3(path, container)
     cfg = container.header["subtasks"][0]["decoder"]
     return D3File(ipc, path, size, {**cfg, "latents_per_class": dec["latents_per_class"], "fitted": dec["fitted"]},
-                  decoder_param_count(cfg))  # fmt: skip
+                  decoder_param_count(cfg), round(2 * decoder_macs(cfg) / 1e6, 2))  # fmt: skip
 
 
 def setup_size(work: str, side: int, channels: int, count: int) -> SizeSetup:
@@ -208,12 +228,15 @@ class MemoryImages:
         return self.x[i].float().div_(255), i % NUM_CLASSES
 
 
-def measure(kind: str, path: str, workers: int, batch: int) -> dict:
+def measure(kind: str, path: str, workers: int, batch: int, threads: int) -> dict:
     """One pass in this process; returns images/s and peak RSS (main, workers) in MiB."""
     import torch
     from torch.utils.data import DataLoader
 
     import d3fmt
+
+    if threads > 0:
+        torch.set_num_threads(threads)  # main process only; DataLoader workers always use 1
 
     if kind == "stream":
         stream = d3fmt.D3Stream(path, batch, device="cuda", shuffle=False)
@@ -240,14 +263,21 @@ def measure(kind: str, path: str, workers: int, batch: int) -> dict:
         "images": n,
         "images_per_s": round((n - first) / elapsed, 1),
         "first_batch_s": round(start - t0, 3),
-        "peak_rss_main_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mib, 1),
+        "peak_rss_main_mib": round(_peak_rss_kib() / mib, 1),
         "peak_rss_worker_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / mib, 1) if workers else 0.0,
         "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if kind == "stream" else None,
     }
 
 
-def run_one(kind: str, path: str, workers: int, batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--measure", kind, path, str(workers), str(batch)]
+def _peak_rss_kib() -> int:
+    """VmHWM of this process (KiB). Unlike ru_maxrss it is reset by exec, so it does not
+    inherit the RSS of the benchmark driver that forked this measurement."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def run_one(kind: str, path: str, workers: int, batch: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--measure", kind, path, str(workers), str(batch), str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -297,14 +327,23 @@ def markdown(record: dict) -> str:
         f"Date: {record['date']}  ",
         f"Device: {env['cpu']} ({env['cpu_count']} cores)" + (f", GPU {env['gpu']}" if env["gpu"] else ", no GPU") + "  ",
         f"Versions: d3fmt {env['d3fmt']}, torch {env['torch']}, Python {env['python']}  ",
-        f"Load average at start: {', '.join(f'{v:.2f}' for v in env['load_average_at_start'])} "
+        f"Load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in env['load_average_at_start'])}, "
+        f"at end: {', '.join(f'{v:.2f}' for v in env.get('load_average_at_end', []))} "
         "(other jobs on the machine slow every row)",
         "",
         "Each .d3 file holds a **randomly initialised decoder** of the size the distiller's budget fitter "
         f"picks for {NUM_CLASSES} classes at a budget of B images per class (`d3@B`; decode speed depends on "
         "the decoder's size, not on trained values). DataLoader with batch size "
         f"{record['batch_size']}, `shuffle=True`; images/s excludes the first batch. "
-        "Peak RSS is per process (main, and each worker).",
+        "Peak RSS is per process: the main process, and the largest worker (a forked worker's RSS "
+        "includes pages it shares with the main process). torch threads in the main process: "
+        f"{record['main_process_torch_threads']} (workers always use 1), so every row is one core per "
+        "process: on a shared machine OpenMP's spinning threads otherwise collapse under contention.",
+        "",
+        "Decoding is arithmetic: a row's *decoder GFLOP/s* is images/s times the decoder's nominal MFLOP "
+        "per image (the architecture's convolutions as written), what one core sustains on them. Whether D3 on CPU keeps up with a PNG folder "
+        "therefore depends on the decoder the budget bought, not on the loader's overhead; `D3Stream` on a "
+        "GPU is the path meant for large decoders.",
         "",
     ]
     for size in record["sizes"]:
@@ -315,26 +354,29 @@ def markdown(record: dict) -> str:
             lines.append(
                 f"- d3@{f['ipc']:g}: {f['bytes']:,} bytes; decoder {dec['family']}, width {dec['width']}, "
                 f"z_dim {dec['z_dim']}, {dec['latents_per_class']} latents/class, "
-                f"{f['decoder_params']:,} parameters (stored float16)"
+                f"{f['decoder_params']:,} parameters (stored float16), {f['mflop_per_image']:.1f} MFLOP per decoded image"
             )
         lines += [
             f"- png: {s['png_bytes']:,} bytes of PNG ({s['real_source']}"
             + (", upscaled and tinted per class" if s["side"] != 28 else "") + ")",
             "",
-            "| loader | workers | images/s | vs png | peak RSS main (MiB) | peak RSS per worker (MiB) |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| loader | workers | images/s | vs png | decoder GFLOP/s | peak RSS main (MiB) | peak RSS per worker (MiB) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
+        mflop = {f"{f['ipc']:g}": f["mflop_per_image"] for f in s["d3"]}
         png = {r["workers"]: r.get("images_per_s") for r in size["results"] if r["kind"] == "png"}
         for r in size["results"]:
             name = r["kind"] + (f" ({r['device']})" if r.get("device") else "")
             if "error" in r:
-                lines.append(f"| {name} | {r['workers']} | failed: {r['error'][:80]} | | | |")
+                lines.append(f"| {name} | {r['workers']} | failed: {r['error'][:80]} | | | | |")
                 continue
             ratio = r["images_per_s"] / png[r["workers"]] if png.get(r["workers"]) else None
+            budget = r["kind"].split("@")[1] if "@" in r["kind"] else None
+            gflops = r["images_per_s"] * mflop[budget] / 1000 if budget in mflop else None
             lines.append(
                 f"| {name} | {r['workers']} | {r['images_per_s']:,.0f} | "
-                f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['peak_rss_main_mib']:.0f} | "
-                f"{r['peak_rss_worker_mib']:.0f} |"
+                f"{'' if ratio is None else f'{ratio:.2f}x'} | {'' if gflops is None else f'{gflops:.1f}'} | "
+                f"{r['peak_rss_main_mib']:.0f} | {r['peak_rss_worker_mib']:.0f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -346,17 +388,20 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--measure", nargs=4, metavar=("KIND", "PATH", "WORKERS", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in the main process (0: torch's default); workers always use 1")
+    p.add_argument("--measure", nargs=5, metavar=("KIND", "PATH", "WORKERS", "BATCH", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
-        kind, path, workers, batch = args.measure
-        print(json.dumps(measure(kind, path, int(workers), int(batch))))
+        kind, path, workers, batch, threads = args.measure
+        print(json.dumps(measure(kind, path, int(workers), int(batch), int(threads))))
         return
 
     import torch
 
     record = {
-        "command": "python tools/bench_loader.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python", "tools/bench_loader.py"] + sys.argv[1:]),
+        "main_process_torch_threads": args.threads or "default",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "environment": environment(),
         "batch_size": args.batch,
@@ -375,14 +420,14 @@ def main() -> None:
             results = []
             for workers in args.workers:
                 for name, kind, path in runs:
-                    r = {"kind": name, "workers": workers, **run_one(kind, path, workers, args.batch)}
+                    r = {"kind": name, "workers": workers, **run_one(kind, path, workers, args.batch, args.threads)}
                     print(f"  {name:12s} workers={workers}: {r.get('images_per_s', r.get('error'))} images/s",
                           file=sys.stderr)  # fmt: skip
                     results.append(r)
             if torch.cuda.is_available():
                 for f in setup.d3:
                     results.append({"kind": f"stream@{f.ipc:g}", "workers": 0, "device": torch.cuda.get_device_name(0),
-                                    **run_one("stream", f.path, 0, args.batch)})  # fmt: skip
+                                    **run_one("stream", f.path, 0, args.batch, 0)})  # fmt: skip
             info = asdict(setup)
             for key in ("png_dir", "npy_path"):
                 info.pop(key)
@@ -391,6 +436,7 @@ def main() -> None:
             record["sizes"].append({"setup": info, "results": results})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    record["environment"]["load_average_at_end"] = list(os.getloadavg())
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "loader.json"), "w") as f:
         json.dump(record, f, indent=1)

@@ -44,6 +44,7 @@ from d3fmt.models.convnet import ConvNet, ConvNetConfig, flatten_params, load_fl
 CACHE_VERSION = 1
 AUGMENTS = ("dsa", "cropflip", "none")
 EVAL_BATCH = 1024
+MIN_STEPS_PER_EPOCH = 25
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ExpertConfig:
     lr: float = 0.01
     momentum: float = 0.0  # see the module docstring for why 0 is the default
     weight_decay: float = 0.0
-    batch_size: int = 256
+    batch_size: int = 0  # 0 = auto: 256, smaller for small data (see expert_batch_size)
     width: int = 128  # ConvNet fields
     depth: int = 0  # 0 = by resolution
     norm: str = "instance"
@@ -68,7 +69,9 @@ class ExpertConfig:
             self.dsa = DSAParams(**self.dsa)
         if self.augment not in AUGMENTS:
             raise ConfigError(f"expert augment {self.augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
-        for name in ("num_experts", "epochs", "batch_size"):
+        if self.batch_size < 0:
+            raise ConfigError(f"expert batch_size must be >= 0 (0 = auto), got {self.batch_size}")
+        for name in ("num_experts", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"expert {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -236,7 +239,12 @@ def _load_or_create_manifest(directory, key, data_id, classes, cfg, shape, num_c
         manifest = load_json(path)
         if manifest.get("key") != key:
             raise ConfigError(f"expert cache {directory} belongs to other data or settings; delete it or pick another cache dir")
-        manifest["experts"] = [e for e in manifest["experts"] if (directory / e["file"]).exists()]
+        kept = []  # the finished prefix: expert i must stay at index i (its seed is (seed, i))
+        for i, entry in enumerate(manifest["experts"]):
+            if entry.get("file") != f"expert_{i:04d}.safetensors" or not (directory / entry["file"]).exists():
+                break
+            kept.append(entry)
+        manifest["experts"] = kept
         return manifest
     netcfg = cfg.convnet_config(shape[1], num_classes, shape[2])
     manifest = {
@@ -257,6 +265,15 @@ def _expert_seed(cfg: ExpertConfig, index: int) -> int:
     return (cfg.seed * 1_000_003 + index) % (2**63)
 
 
+def expert_batch_size(cfg: ExpertConfig, n: int) -> int:
+    """The configured batch size, or (0 = auto) 256 capped so that an epoch has at least
+    ``MIN_STEPS_PER_EPOCH`` steps: on small data (digits: 1,437 images) a batch of 256
+    gives 6 steps an epoch and experts that are still poor after 20 epochs."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    return max(16, min(256, n // MIN_STEPS_PER_EPOCH))
+
+
 def _train_one(x, y, netcfg: ConvNetConfig, cfg: ExpertConfig, index: int, device, progress):
     """Train expert ``index``; returns its trajectory [E+1 tensors of P] and a summary."""
     seed = _expert_seed(cfg, index)
@@ -268,11 +285,12 @@ def _train_one(x, y, netcfg: ConvNetConfig, cfg: ExpertConfig, index: int, devic
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     traj = [flatten_params(net).cpu()]
     n = x.shape[0]
+    batch = expert_batch_size(cfg, n)
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=g).to(x.device)
         loss_sum, correct = 0.0, 0
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
+        for start in range(0, n, batch):
+            idx = perm[start : start + batch]
             xb, yb = _augment(x[idx], cfg, g), y[idx]
             logits = net(xb)  # [B, K]
             loss = F.cross_entropy(logits, yb)

@@ -1,17 +1,28 @@
 """`d3 pack`: read a source, fit the budget, train experts, distil, label, evaluate, write.
 
-The pipeline, one subtask (class subset) after another:
+The pipeline (federated distillation, method.md; the launch modes are in
+:mod:`d3fmt.distill.federated`, the re-aggregation in :mod:`d3fmt.distill.merge`):
 
 1. open the source; the byte cap is ``budget * K * C * H * W * 4`` (or ``max_bytes``);
 2. partition the classes into ``subtasks`` balanced, contiguous, deterministic subsets;
-3. fit the budget before any training (:mod:`d3fmt.distill.budget`), measuring a
-   same-shaped dummy container, so an impossible budget fails in seconds;
+3. fit ONE budget for the whole file (every decoder included) before any training
+   (:mod:`d3fmt.distill.budget`), measuring a same-shaped dummy container, so an
+   impossible budget fails in seconds;
 4. per subtask: load that subset only, train (or reuse) its experts in ``work_dir``,
-   distil priors + decoder with checkpoints (``resume`` continues after a crash);
-5. soft labels: an expert on all classes labels the decoded prior means (softmax);
-6. build the container, write it to a pending file in the run directory, evaluate the
-   *stored* (quantised) representation on the held-out real split, add the record, and
-   only then write the output atomically: Ctrl-C or a crash never leaves a file there.
+   distil priors + decoder with checkpoints (``resume`` continues after a crash), and
+   write the subtask as a *partial container* (``partial: true``, hard labels, the
+   tensors already in their stored encodings). Every subtask's randomness depends only
+   on (seed, subtask index), never on which process or machine ran it;
+5. merge the parts: soft labels over all classes from one expert trained on a bounded
+   per-class sample of the whole source, the byte cap checked for the whole file;
+6. evaluate the *stored* representation on the held-out real split via a pending file in
+   the run directory, and only then write the output atomically: Ctrl-C or a crash never
+   leaves a file there.
+
+Memory: pixels are held for one class subset at a time (step 4), for ``STATS_PER_CLASS``
+images of one class at a time (normalisation statistics) and for ``label_sample`` images
+per class (the soft-label expert of step 5, ``5 * label_sample * K * C * H * W`` bytes as
+uint8 + float32); never for the whole source.
 """
 
 from __future__ import annotations
@@ -36,10 +47,12 @@ from d3fmt.format import D3Container, D3Reader, budget_fields, encode_d3, write_
 from d3fmt.models.convnet import ConvNet, load_flat_
 from d3fmt.models.decoder import DecoderConfig, build_decoder
 from d3fmt.progress import bar
-from d3fmt.representation import Representation, normalize, tanh_to_normalized
-from d3fmt.sources import open_source, pixel_stats
+from d3fmt.representation import Representation, tanh_to_normalized
+from d3fmt.sources import open_source
 
 EVAL_RESERVE = 384  # header bytes kept free for evaluation records added later
+STATS_PER_CLASS = 64  # images per class behind the stored normalisation (mean, std)
+LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
 
 
 @dataclass
@@ -55,11 +68,14 @@ class PackConfig:
     holdout: float | None = None
     skip_bad: bool = False
     subtasks: int = 1
+    subtask: int | None = None  # only this subtask: write a partial container (a job-array part)
     seed: int = 0
     device: str = "auto"
+    devices: list[str] | None = None  # one worker process per device; None: one per GPU when several
     work_dir: str = ".d3cache"
     resume: bool = False
     soft_labels: bool = True
+    label_sample: int = 100  # real images per class (the first ones) the soft-label expert trains on
     samples_per_class: int | None = None  # default stream size stored in the file
     # budget overrides (None = the fitter chooses)
     family: str | None = None
@@ -76,12 +92,30 @@ class PackConfig:
 
 @dataclass
 class PackResult:
-    path: Path
+    path: Path | None  # None on a torchrun rank other than 0 (rank 0 writes the file)
     file_bytes: int
     max_bytes: int
     plan: BudgetPlan
     evaluation: EvalResult | None
     expert_accuracy: list[float]
+    subtasks: list[int] = field(default_factory=list)  # the subtasks this process distilled
+    partial: bool = False  # a partial container (--subtask) was written
+
+
+@dataclass
+class PackContext:
+    """What every subtask of one job shares, computed identically by every process."""
+
+    cfg: PackConfig
+    source: object  # d3fmt.sources.Source
+    info: object  # d3fmt.sources.SourceInfo
+    ipc: float
+    max_bytes: int
+    partition: list[list[int]]
+    plan: BudgetPlan
+    mean: list[float]
+    std: list[float]
+    run_dir: Path
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,6 +141,18 @@ def partition_classes(num_classes: int, subtasks: int) -> list[list[int]]:
     return [part.tolist() for part in np.array_split(np.arange(num_classes), subtasks)]
 
 
+def partition_hash(partition: list[list[int]]) -> str:
+    """A short digest naming a class partition (parts of one job must agree on it)."""
+    blob = json.dumps(partition, separators=(",", ":")).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def derive_seed(seed: int, *tags) -> int:
+    """A seed that depends only on (seed, tags), e.g. (seed, "experts", subtask index)."""
+    blob = json.dumps([int(seed), *tags], separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") >> 2
+
+
 def max_bytes_of(cfg: PackConfig, num_classes: int, image_shape) -> tuple[float, int]:
     """(ipc, max_bytes) from --budget or --max-bytes."""
     per_ipc = num_classes * math.prod(image_shape) * 4
@@ -121,12 +167,28 @@ def max_bytes_of(cfg: PackConfig, num_classes: int, image_shape) -> tuple[float,
     return cfg.max_bytes / per_ipc, int(cfg.max_bytes)
 
 
+# Fields that say how or where a process runs, not what it computes.
+RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask")
+
+
 def settings_json(cfg: PackConfig) -> dict:
     """The distiller settings recorded in the file's provenance."""
     d = asdict(cfg)
-    for key in ("output", "work_dir", "resume", "quiet", "device"):
+    for key in RUN_ONLY_FIELDS:
         d.pop(key)
     return json.loads(json.dumps(d, default=str))
+
+
+def config_from_settings(settings: dict, **run) -> PackConfig:
+    """The PackConfig behind recorded settings (plus run-only fields such as output)."""
+    d = dict(settings)
+    d["experts"] = ExpertConfig(**d["experts"])
+    d["distill"] = DistillConfig(**d["distill"])
+    d["evaluation"] = EvalConfig(**d["evaluation"]) if d.get("evaluation") is not None else None
+    try:
+        return PackConfig(**d, **run)
+    except TypeError as exc:
+        raise ConfigError(f"recorded settings do not fit this d3fmt version ({exc}); use the version that wrote them") from None
 
 
 def run_key(cfg: PackConfig, source_hash: str) -> str:
@@ -187,13 +249,21 @@ def tensors_of(header: dict, plan: BudgetPlan, results: list[DistillResult], sof
 
 
 def dummy_results(header: dict, plan: BudgetPlan) -> tuple[list[DistillResult], list[np.ndarray] | None]:
-    """Random tensors of the planned shapes: measures the file size before training."""
+    """Random tensors of the planned shapes: measures the file size before training.
+
+    Decoder matrices are a (seeded) freshly initialised decoder's: uniform initial
+    weights compress worse in int8 than Gaussian ones, and a short run stays close to
+    them, so the measured size is an upper bound in practice. Vectors, priors and soft
+    labels are Gaussian (trained norms and biases are not constant like initial ones)."""
     rng = np.random.default_rng(0)
     results, soft = [], []
     for i, entry in enumerate(header["subtasks"]):
         rows = len(entry["classes"]) * plan.latents_per_class
-        state = {n: torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
-                 for n, p in build_decoder(plan.decoders[i]).state_dict().items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            init = build_decoder(plan.decoders[i]).state_dict()
+        state = {n: p if p.dim() >= 2 else torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
+                 for n, p in init.items()}
         mu = torch.from_numpy(rng.standard_normal((rows, plan.z_dim)).astype(np.float32))
         results.append(DistillResult(mu, mu.clone(), state, 0.01, {}, 0, 0.0))
         logits = rng.standard_normal((rows, header["num_classes"])).astype(np.float32)
@@ -232,106 +302,30 @@ def fit_to_cap(container: D3Container, max_bytes: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Distillation of one subtask, soft labels
+# Preparation shared by every process of a job
 # ---------------------------------------------------------------------------------------
 
 
-def load_subset(source, classes: list[int], split: str, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised float images [N, C, H, W] and *local* labels 0..len(classes)-1."""
-    x, y = source.load(split, classes=classes)
-    local = np.full(source.info.num_classes, -1, dtype=np.int64)
-    local[classes] = np.arange(len(classes))
-    xt = normalize(torch.from_numpy(x).float().div_(255), mean, std)
-    return xt, torch.from_numpy(local[y])
+def open_pack_source(cfg: PackConfig, spec: str | None = None, test: str | None = None):
+    return open_source(spec or cfg.source, image_size=cfg.image_size, skip_bad=cfg.skip_bad,
+                       test=test or cfg.test, holdout=cfg.holdout, seed=cfg.seed)
 
 
-def distill_subtask(source, i, classes, plan, cfg: PackConfig, mean, std, device, run_dir: Path):
-    x, y = load_subset(source, classes, "train", mean, std)
-    tx, ty = _test_subset(source, classes, mean, std)
-    with bar(cfg.quiet, total=cfg.experts.num_experts * cfg.experts.epochs,
-             desc=f"experts {i + 1}/{cfg.subtasks}", unit="epoch") as pbar:
-        traj = train_experts(x, y, len(classes), cfg.experts, Path(cfg.work_dir) / "experts", device=device,
-                             progress=pbar, data_id=f"{source.info.content_hash}:{source.info.image_shape}",
-                             classes=classes, x_test=tx, y_test=ty)
-    dcfg = replace(cfg.distill, mean=tuple(mean), std=tuple(std))
-    with bar(cfg.quiet, total=dcfg.iterations, desc=f"distil {i + 1}/{cfg.subtasks}", unit="it") as pbar:
-        result = distill(x, y, len(classes), DecoderConfig.from_json(plan.decoders[i]), plan.latents_per_class,
-                         traj, dcfg, device=device, checkpoint_dir=run_dir / f"subtask{i}", resume=cfg.resume,
-                         progress=pbar)
-    return result, traj
-
-
-def _test_subset(source, classes, mean, std):
-    if not source.info.num_test:
-        return None, None
-    return load_subset(source, classes, "test", mean, std)
-
-
-def teacher_for_all(source, parts, trajs: list[Trajectories], cfg: PackConfig, mean, std, device) -> ConvNet:
-    """A ConvNet on all classes: the single subtask's expert, or one trained on everything."""
-    if len(parts) == 1:
-        traj = trajs[0]
-    else:
-        x, y = load_subset(source, list(range(source.info.num_classes)), "train", mean, std)
-        one = replace(cfg.experts, num_experts=1)
-        with bar(cfg.quiet, total=one.epochs, desc="soft-label expert", unit="epoch") as pbar:
-            traj = train_experts(x, y, source.info.num_classes, one, Path(cfg.work_dir) / "experts", device=device,
-                                 progress=pbar, data_id=f"{source.info.content_hash}:all",
-                                 classes=list(range(source.info.num_classes)))
-    net = ConvNet(traj.convnet)
-    return load_flat_(net, traj.final(0)).to(device).eval()
-
-
-@torch.no_grad()
-def soft_labels(teacher, results, plan, mean, std, device) -> list[np.ndarray]:
-    """softmax(teacher(decode(prior mean))) for every prior of every subtask."""
-    out = []
-    for i, res in enumerate(results):
-        dec = build_decoder(plan.decoders[i], res.decoder_state).to(device)
-        t = dec(res.mu.to(device))  # [rows, C, H, W] tanh space
-        probs = torch.softmax(teacher(tanh_to_normalized(t, mean, std)), dim=1)
-        out.append(probs.cpu().numpy().astype(np.float32))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# The whole job
-# ---------------------------------------------------------------------------------------
-
-
-def pack(cfg: PackConfig) -> PackResult:
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    source = open_source(cfg.source, image_size=cfg.image_size, skip_bad=cfg.skip_bad, test=cfg.test,
-                         holdout=cfg.holdout, seed=0)  # the held-out split is the data's, not the run's
+def prepare(cfg: PackConfig) -> PackContext:
+    """Open the source, fit the budget, compute the normalisation: the same in every process."""
+    if cfg.label_sample < 1:
+        raise ConfigError(f"--label-sample must be >= 1 image per class, got {cfg.label_sample}")
+    source = open_pack_source(cfg)
     info = source.info
     ipc, max_bytes = max_bytes_of(cfg, info.num_classes, info.image_shape)
-    parts = partition_classes(info.num_classes, cfg.subtasks)
-    plan = fit(cfg, info, parts, ipc, max_bytes)
-    mean, std = pixel_stats(source)
+    partition = partition_classes(info.num_classes, cfg.subtasks)
+    if cfg.subtask is not None and not 0 <= cfg.subtask < cfg.subtasks:
+        raise ConfigError(f"--subtask must be in 0..{cfg.subtasks - 1} for --subtasks {cfg.subtasks}, got {cfg.subtask}")
+    plan = fit(cfg, info, partition, ipc, max_bytes)
+    mean, std = sample_stats(source, STATS_PER_CLASS)
     run_dir = Path(cfg.work_dir) / "runs" / run_key(cfg, info.content_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
-    results, trajs = [], []
-    for i, classes in enumerate(parts):
-        res, traj = distill_subtask(source, i, classes, plan, cfg, mean, std, device, run_dir)
-        results.append(res)
-        trajs.append(traj)
-    lr = float(np.mean([r.lr for r in results]))
-    header = make_header(info, parts, plan, ipc, max_bytes, mean, std, cfg, lr)
-    soft = None
-    if cfg.soft_labels:
-        teacher = teacher_for_all(source, parts, trajs, cfg, mean, std, device)
-        soft = soft_labels(teacher, results, plan, mean, std, device)
-    tensors, encodings = tensors_of(header, plan, results, soft)
-    container = D3Container(header, tensors, encodings)
-    fit_to_cap(container, max_bytes - EVAL_RESERVE)
-    evaluation = None
-    if cfg.evaluation is not None:
-        evaluation = evaluate_pending(container, source, cfg, device, run_dir)
-        header["evals"].append(evaluation.record(f"{info.name} [test split, {info.num_test} images]"))
-    size = write_d3(cfg.output, container)
-    expert_acc = [a for t in trajs for a in (t.test_accuracy or []) if a is not None]
-    return PackResult(Path(cfg.output), size, max_bytes, plan, evaluation, expert_acc)
+    return PackContext(cfg, source, info, ipc, max_bytes, partition, plan, mean, std, run_dir)
 
 
 def fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int) -> BudgetPlan:
@@ -343,7 +337,165 @@ def fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int) -> BudgetPlan:
     )
     ones = [0.5] * info.image_shape[0]
     return fit_budget(req, measure=lambda plan: measure_plan(
-        lambda p: make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01), plan))
+        lambda p: placeholders(make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)), plan))
+
+
+# Stand-ins for the header fields that may vary between the processes of one job (the
+# time, where the source and test set live, how the merged file is evaluated), so that
+# every process measures the same size and fits the same plan. The reserve and fit_to_cap
+# still guarantee the cap when the real values are longer.
+PLACEHOLDER = hashlib.blake2b(b"d3fmt placeholder", digest_size=48).hexdigest()  # 96 chars
+CREATED_PLACEHOLDER = "2000-01-01T00:00:00Z"
+
+
+def placeholders(header: dict) -> dict:
+    prov = header["provenance"]
+    prov["created"] = CREATED_PLACEHOLDER
+    prov["source"] = PLACEHOLDER
+    prov["settings"]["source"] = PLACEHOLDER
+    if prov["settings"].get("test") is not None:
+        prov["settings"]["test"] = PLACEHOLDER
+    prov["settings"]["evaluation"] = asdict(EvalConfig())
+    return header
+
+
+def class_heads(source, per_class: int, split: str = "train"):
+    """The first ``per_class`` images of each class, one class at a time: yields
+    (uint8 [n, C, H, W], int64 [n]). Only those files are decoded (ImageFolder, shards)."""
+    for c in range(source.info.num_classes):
+        batch = next(iter(source.iter_batches(split, classes=[c], batch_size=per_class)), None)
+        if batch is not None:
+            yield batch
+
+
+def sample_stats(source, per_class: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (pixels in [0, 1]) over the first ``per_class`` train
+    images of every class: deterministic, the same in every part of a federated job, and
+    bounded work on an ImageNet-sized source (a full pass would decode every image)."""
+    channels = source.info.image_shape[0]
+    total = np.zeros(channels, dtype=np.float64)
+    squares = np.zeros(channels, dtype=np.float64)
+    count = 0
+    for images, _ in class_heads(source, per_class):
+        flat = images.transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float64)  # [C, n*H*W]
+        total += flat.sum(axis=1)
+        squares += np.square(flat).sum(axis=1)
+        count += flat.shape[1]
+    if count == 0:
+        raise ConfigError(f"source {source.info.name} has no training images")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return (mean / 255.0).tolist(), np.maximum(std / 255.0, 1e-3).tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# Distillation of one subtask
+# ---------------------------------------------------------------------------------------
+
+
+def normalized_float(x: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 (x / 255 - mean) / std, computed in place: one float
+    copy of a subset in memory, not three (same values as representation.normalize)."""
+    t = torch.from_numpy(x).float().div_(255)  # [N, C, H, W]
+    t.sub_(torch.tensor(mean, dtype=t.dtype).reshape(-1, 1, 1))
+    return t.div_(torch.tensor(std, dtype=t.dtype).reshape(-1, 1, 1))
+
+
+def load_subset(source, classes: list[int], split: str, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised float images [N, C, H, W] and *local* labels 0..len(classes)-1."""
+    x, y = source.load(split, classes=classes)
+    local = np.full(source.info.num_classes, -1, dtype=np.int64)
+    local[classes] = np.arange(len(classes))
+    return normalized_float(x, mean, std), torch.from_numpy(local[y])
+
+
+def distill_subtask(ctx: PackContext, i: int, device) -> tuple[DistillResult, Trajectories]:
+    """Experts + distillation of subtask ``i``; randomness from (seed, i) only."""
+    cfg, classes, source = ctx.cfg, ctx.partition[i], ctx.source
+    x, y = load_subset(source, classes, "train", ctx.mean, ctx.std)  # [N_i, C, H, W], [N_i]
+    tx, ty = _test_subset(source, classes, ctx.mean, ctx.std)
+    ecfg = replace(cfg.experts, seed=derive_seed(cfg.experts.seed, "experts", i))
+    with bar(cfg.quiet, total=ecfg.num_experts * ecfg.epochs,
+             desc=f"experts {i + 1}/{cfg.subtasks}", unit="epoch") as pbar:
+        traj = train_experts(x, y, len(classes), ecfg, Path(cfg.work_dir) / "experts", device=device,
+                             progress=pbar, data_id=f"{source.info.content_hash}:{source.info.image_shape}",
+                             classes=classes, x_test=tx, y_test=ty)
+    dcfg = replace(cfg.distill, mean=tuple(ctx.mean), std=tuple(ctx.std),
+                   seed=derive_seed(cfg.distill.seed, "distill", i))
+    with bar(cfg.quiet, total=dcfg.iterations, desc=f"distil {i + 1}/{cfg.subtasks}", unit="it") as pbar:
+        result = distill(x, y, len(classes), DecoderConfig.from_json(ctx.plan.decoders[i]),
+                         ctx.plan.latents_per_class, traj, dcfg, device=device,
+                         checkpoint_dir=ctx.run_dir / f"subtask{i}", resume=cfg.resume, progress=pbar)
+    return result, traj
+
+
+def _test_subset(source, classes, mean, std):
+    if not source.info.num_test:
+        return None, None
+    return load_subset(source, classes, "test", mean, std)
+
+
+# ---------------------------------------------------------------------------------------
+# Soft labels over all classes (after the merge)
+# ---------------------------------------------------------------------------------------
+
+
+def label_sample(source, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` train images of every class: uint8 [n, C, H, W], int64 [n]."""
+    xs, ys = zip(*class_heads(source, per_class))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def label_teacher(source, cfg: PackConfig, mean, std, device) -> ConvNet:
+    """One ConvNet on all classes, trained (or reused from ``work_dir``) on a bounded
+    sample: the first ``cfg.label_sample`` images of every class, so its memory is
+    ``label_sample * K`` images whatever the size of the source. Seeded by (seed, "labels")."""
+    info = source.info
+    n = cfg.label_sample
+    x, y = label_sample(source, n)
+    xt = normalized_float(x, mean, std)  # [n*K, C, H, W]
+    del x
+    one = replace(cfg.experts, num_experts=1, seed=derive_seed(cfg.experts.seed, "labels"))
+    with bar(cfg.quiet, total=one.epochs, desc="soft-label expert", unit="epoch") as pbar:
+        traj = train_experts(xt, torch.from_numpy(y), info.num_classes, one, Path(cfg.work_dir) / "experts",
+                             device=device, progress=pbar,
+                             data_id=f"{info.content_hash}:{info.image_shape}:first{n}",
+                             classes=list(range(info.num_classes)))
+    net = ConvNet(traj.convnet)
+    return load_flat_(net, traj.final(0)).to(device).eval()
+
+
+@torch.no_grad()
+def soft_labels(teacher, container: D3Container, device) -> dict[int, np.ndarray]:
+    """softmax(teacher(decode(prior mean))) for every prior of every subtask, computed
+    from the tensors as stored (quantised), so every launch mode gets the same labels."""
+    header = container.header
+    mean, std = header["normalization"]["mean"], header["normalization"]["std"]
+    out = {}
+    for entry in header["subtasks"]:
+        names = entry["tensors"]
+        state = {p: container.tensors[s] for p, s in names["decoder"].items()}
+        dec = build_decoder(entry["decoder"], state).to(device)
+        mu = torch.from_numpy(container.tensors[names["mu"]]).float()  # [rows, z]
+        probs = []
+        for start in range(0, mu.shape[0], LABEL_BATCH):
+            t = dec(mu[start:start + LABEL_BATCH].to(device))  # [b, C, H, W] tanh space
+            probs.append(torch.softmax(teacher(tanh_to_normalized(t, mean, std)).float(), dim=1).cpu())
+        out[entry["id"]] = torch.cat(probs).numpy().astype(np.float32)  # [rows, K]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The whole job
+# ---------------------------------------------------------------------------------------
+
+
+def pack(cfg: PackConfig) -> PackResult:
+    """Run `d3 pack`: all subtasks here (one device or one worker per device), one subtask
+    (``cfg.subtask``: a partial container), or this rank's share under torchrun."""
+    from d3fmt.distill.federated import run_pack
+
+    return run_pack(cfg)
 
 
 def evaluate_pending(container: D3Container, source, cfg: PackConfig, device, run_dir: Path) -> EvalResult:

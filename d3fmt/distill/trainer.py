@@ -22,7 +22,10 @@ reference. With a randomly initialised decoder the first synthetic batches push 
 student in useless directions, and d(loss)/d(alpha) is then about 2 / alpha, so on small
 data (few expert steps per epoch) alpha can collapse towards 0 within a few iterations,
 after which the student no longer moves and no signal reaches the decoder. The floor
-``lr_min`` (default lr_init / 10) prevents that; it is not part of method.md.
+``lr_min`` (default lr_init / 10) prevents that; it is not part of method.md. The
+optional ``warmup`` does the same from the other side: its first iterations train the
+priors and decoder by MMD alone (alpha frozen, no trajectory matching), so that MTT
+starts from decoded samples that already look like the class's real images.
 Late start epochs make ||theta*_t - theta*_{t+M}|| small and the normalised MTT gradient
 spiky; ``max_start_epoch`` bounds t as in the reference.
 
@@ -96,6 +99,7 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 100  # 0 = only at the end
     amp: bool = True  # bf16 autocast for MMD feature extraction, CUDA only
+    warmup: int = 0  # first iterations: MMD only, alpha frozen (see the module docstring)
 
     def __post_init__(self):
         if isinstance(self.dsa, dict):
@@ -346,17 +350,21 @@ def _iteration(task: _Task, state: _State) -> dict[str, float]:
     cfg, g = task.cfg, state.generator
     expert = int(torch.randint(len(task.trajectories), (1,), generator=g))
     start_epoch = int(torch.randint(task.max_start, (1,), generator=g))
-    mtt = _mtt_loss(task, state, expert, start_epoch).loss
-    mmd = _mmd_loss(task, state, expert) if cfg.mmd_weight > 0 else torch.zeros((), device=task.device)
-    total = mtt + cfg.mmd_weight * mmd
+    warming = state.iteration < cfg.warmup
+    zero = torch.zeros((), device=task.device)
+    mtt = zero if warming else _mtt_loss(task, state, expert, start_epoch).loss
+    mmd = _mmd_loss(task, state, expert) if (cfg.mmd_weight > 0 or warming) else zero
+    weight = cfg.mmd_weight if (cfg.mmd_weight > 0 or not warming) else 1.0
+    total = mtt + weight * mmd
     if not torch.isfinite(total):
         raise ConfigError(
             f"distillation diverged at iteration {state.iteration} (loss {float(total)}); lower lr_lr / lr_prior / lr_decoder"
         )
-    for opt in (state.opt_prior, state.opt_decoder, state.opt_lr):
+    optimizers = (state.opt_prior, state.opt_decoder) if warming else (state.opt_prior, state.opt_decoder, state.opt_lr)
+    for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     total.backward()
-    for opt in (state.opt_prior, state.opt_decoder, state.opt_lr):
+    for opt in optimizers:
         opt.step()
     with torch.no_grad():
         state.alpha.clamp_(min=cfg.lr_min)
