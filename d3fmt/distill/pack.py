@@ -455,7 +455,9 @@ def label_teacher(source, cfg: PackConfig, mean, std, device) -> ConvNet:
     x, y = label_sample(source, n)
     xt = normalized_float(x, mean, std)  # [n*K, C, H, W]
     del x
-    one = replace(cfg.experts, num_experts=1, seed=derive_seed(cfg.experts.seed, "labels"))
+    # A teacher, not a trajectory: momentum makes it accurate in the same epochs, and its
+    # accuracy is what soft labels are worth (trajectory experts keep plain SGD).
+    one = replace(cfg.experts, num_experts=1, seed=derive_seed(cfg.experts.seed, "labels"), momentum=0.9)
     with bar(cfg.quiet, total=one.epochs, desc="soft-label expert", unit="epoch") as pbar:
         traj = train_experts(xt, torch.from_numpy(y), info.num_classes, one, Path(cfg.work_dir) / "experts",
                              device=device, progress=pbar,
