@@ -82,6 +82,31 @@ class Part(abc.ABC):
         """
 
 
+class ChunkFiller:
+    """Decoded images gathered into fixed-size chunks: (record ids [n], uint8 [n, C, S, S])."""
+
+    def __init__(self, chunk: int, channels: int, side: int):
+        self.shape = (chunk, channels, side, side)
+        self.out = np.empty(self.shape, dtype=np.uint8)  # [chunk, C, S, S]
+        self.got: list[int] = []
+
+    def add(self, record: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Store one image; returns the chunk when it is full."""
+        self.out[len(self.got)] = image
+        self.got.append(record)
+        if len(self.got) < self.shape[0]:
+            return None
+        full = (np.asarray(self.got, dtype=np.int64), self.out)
+        self.out, self.got = np.empty(self.shape, dtype=np.uint8), []
+        return full
+
+    def rest(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last, partly filled chunk, or None."""
+        if not self.got:
+            return None
+        return np.asarray(self.got, dtype=np.int64), self.out[: len(self.got)]
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (some libraries write several)."""
     text = str(exc).strip()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from d3fmt.errors import SourceError
-from d3fmt.sources.base import BadImages, Part, SourceParts
+from d3fmt.sources.base import BadImages, ChunkFiller, Part, SourceParts
 from d3fmt.sources.hashing import hash_files
 from d3fmt.sources.images import ImageDecodeError, decode_image, is_image_name, look_at_images
 
@@ -41,23 +41,18 @@ class FilesPart(Part):
 
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        shape = (chunk, self.channels, self.side, self.side)
-        out = np.empty(shape, dtype=np.uint8)   # [chunk, C, S, S]
-        got: list[int] = []
+        filler = ChunkFiller(chunk, self.channels, self.side)
         for i in ids.tolist():
             path = os.path.join(self.tree, self.rel_paths[i])
             try:
-                out[len(got)] = decode_image(path, self.channels, self.side)
+                image = decode_image(path, self.channels, self.side)
             except ImageDecodeError as exc:
                 bad.handle(path, exc)
                 continue
-            got.append(i)
-            if len(got) == chunk:
-                yield np.asarray(got, dtype=np.int64), out
-                out = np.empty(shape, dtype=np.uint8)
-                got = []
-        if got:
-            yield np.asarray(got, dtype=np.int64), out[:len(got)]
+            if (full := filler.add(i, image)) is not None:
+                yield full
+        if (rest := filler.rest()) is not None:
+            yield rest
 
 
 def _visible_dirs(path: Path) -> list[str]:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from d3fmt.errors import SourceError
-from d3fmt.sources.base import BadImages, Part, READ_ERRORS, SourceParts, one_line
+from d3fmt.sources.base import READ_ERRORS, BadImages, ChunkFiller, Part, SourceParts, one_line
 from d3fmt.sources.hashing import hash_files
 from d3fmt.sources.images import (IMAGE_EXTENSIONS, ImageDecodeError, decode_image,
                                   look_at_images)
@@ -124,9 +124,7 @@ class ShardsPart(Part):
 
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        shape = (chunk, self.channels, self.side, self.side)
-        out = np.empty(shape, dtype=np.uint8)   # [chunk, C, S, S]
-        got: list[int] = []
+        filler = ChunkFiller(chunk, self.channels, self.side)
         by_shard = self.shard_ids[ids]
         for shard in np.unique(by_shard).tolist():   # ids are sorted, so shards are too
             wanted = ids[by_shard == shard]
@@ -149,17 +147,14 @@ class ShardsPart(Part):
                     try:
                         if len(data) != self.sizes[i]:
                             raise ImageDecodeError("member is truncated")
-                        out[len(got)] = decode_image(data, self.channels, self.side)
+                        image = decode_image(data, self.channels, self.side)
                     except ImageDecodeError as exc:
                         bad.handle(self.where(i), exc)
                         continue
-                    got.append(i)
-                    if len(got) == chunk:
-                        yield np.asarray(got, dtype=np.int64), out
-                        out = np.empty(shape, dtype=np.uint8)
-                        got = []
-        if got:
-            yield np.asarray(got, dtype=np.int64), out[:len(got)]
+                    if (full := filler.add(i, image)) is not None:
+                        yield full
+        if (rest := filler.rest()) is not None:
+            yield rest
 
 
 def _split_member(name: str) -> tuple[str, str]:
