@@ -26,7 +26,14 @@ import numpy as np
 from PIL import Image
 
 from d3fmt.errors import ConfigError
-from d3fmt.evaluate import EvalConfig, EvalResult, TestSet, evaluate_real, load_test_set, pixel_mean_std
+from d3fmt.evaluate import (
+    EvalConfig,
+    EvalResult,
+    TestSet,
+    evaluate_real,
+    load_test_set,
+    pixel_mean_std,
+)
 
 
 def budget_bytes(budget: float, num_classes: int, image_shape) -> int:

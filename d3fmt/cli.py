@@ -12,7 +12,7 @@ import sys
 import click
 
 from d3fmt import __version__
-from d3fmt.errors import D3Error
+from d3fmt.errors import ConfigError, D3Error
 
 
 class _Group(click.Group):
@@ -180,9 +180,11 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
     from d3fmt.distill.trainer import DistillConfig
     from d3fmt.evaluate import EvalConfig
 
-    p = resolve_preset(preset, resolve_device(device).type == "cuda", dict(
-        convnet_width=convnet_width, num_experts=num_experts, expert_epochs=expert_epochs, iterations=iterations,
-        syn_steps=syn_steps, eval_epochs=eval_epochs))
+    if not 0 <= warmup < 1:
+        raise ConfigError(f"--warmup is a share of the iterations in [0, 1), got {warmup}")
+    p = resolve_preset(preset, resolve_device(device).type == "cuda", {
+        "convnet_width": convnet_width, "num_experts": num_experts, "expert_epochs": expert_epochs,
+        "iterations": iterations, "syn_steps": syn_steps, "eval_epochs": eval_epochs})
     convnet_width, num_experts, expert_epochs = p["convnet_width"], p["num_experts"], p["expert_epochs"]
     iterations, syn_steps, eval_epochs = p["iterations"], p["syn_steps"], p["eval_epochs"]
 
@@ -195,7 +197,7 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
         experts=ExpertConfig(num_experts=num_experts, epochs=expert_epochs, width=convnet_width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=syn_steps, expert_epochs=match_epochs,
                               max_start_epoch=max_start_epoch, mmd_weight=mmd_weight, seed=seed,
-                              warmup=int(round(warmup * iterations)),
+                              warmup=round(warmup * iterations),
                               checkpoint_every=checkpoint_every, dsa=DSAParams()),
         evaluation=None if no_eval else EvalConfig(epochs=eval_epochs, runs=eval_runs, width=convnet_width,
                                                    seed=seed),

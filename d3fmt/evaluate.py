@@ -20,11 +20,12 @@ run, after the last epoch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 import numpy as np
 import torch
@@ -235,7 +236,7 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     """ceil(n / batch_size) near-equal batches: never a batch of one (BatchNorm needs two)."""
     count = max(1, math.ceil(n / batch_size))
     edges = np.linspace(0, n, count + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progress=None) -> torch.nn.Module:
@@ -347,7 +348,7 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
     accs, models = _run_all(task, cfg, progress)
     data = f"d3 stream {per_epoch} fresh samples/epoch (labels {'soft' if soft else 'hard'})"
     details = {"samples_per_epoch": per_epoch, "labels": "soft" if soft else "hard", "width": cfg.width,
-               "test_images": int(len(test_y))}
+               "test_images": len(test_y)}
     return EvalResult(cfg.model_name, accs, cfg.epochs, _protocol(cfg, lr, data), lr, details, models)
 
 
@@ -364,7 +365,7 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
     task = _Task(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std))
     accs, models = _run_all(task, cfg, progress)
     data = f"{len(train_y)} real images"
-    details = {"train_images": int(len(train_y)), "width": cfg.width, "test_images": int(len(test_y))}
+    details = {"train_images": len(train_y), "width": cfg.width, "test_images": len(test_y)}
     return EvalResult(cfg.model_name, accs, cfg.epochs, _protocol(cfg, lr, data), lr, details, models)
 
 

@@ -82,7 +82,7 @@ def test_records_accumulate_and_survive_a_rewrite(tmp_path):
     with D3Reader(path) as r:
         r.verify()  # every hash still valid after the atomic rewrite
         evals = r.header["evals"]
-    assert [e["test_set"] for e in evals][0] == "t" and len(evals) == 2
+    assert evals[0]["test_set"] == "t" and len(evals) == 2
     assert section_bytes(path) == tensors
     assert len(d3fmt.D3Dataset(path)) == 10 * 4  # still a working file
 
@@ -172,9 +172,10 @@ def test_hard_labels_and_resnet18(tmp_path, digits):
     cfg = EvalConfig(model="resnet18", epochs=1, labels="hard", samples_per_class=2)
     result = evaluate_representation(rep, tx[:50], ty[:50], cfg)
     assert result.model == "resnet18" and "labels hard" in result.protocol
+    with D3Reader(digits_like(tmp_path, "hard.d3", soft=False)) as r:
+        hard_only = Representation.from_reader(r)
     with pytest.raises(ConfigError, match="soft labels"):
-        with D3Reader(digits_like(tmp_path, "hard.d3", soft=False)) as r:
-            evaluate_representation(Representation.from_reader(r), tx, ty, EvalConfig(labels="soft"))
+        evaluate_representation(hard_only, tx, ty, EvalConfig(labels="soft"))
 
 
 def test_real_training_learns_digits(digits):
