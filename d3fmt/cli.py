@@ -125,9 +125,11 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--match-epochs", default=2, show_default=True, help="Expert epochs the student must cover (M).")
 @click.option("--max-start-epoch", default=0, show_default=True, help="Latest start epoch on the trajectory [0: as late as possible].")
 @click.option("--mmd-weight", default=1.0, show_default=True, help="Weight of the MMD loss.")
-@click.option("--warmup", type=float, default=0.2, show_default=True,
-              help="Share of the iterations that first train by MMD alone (student lr frozen), so that "
-              "trajectory matching starts from decoded samples that resemble the data.")
+@click.option("--warmup", type=float, default=0.9, show_default=True,
+              help="Share of the iterations that first train by MMD alone (student lr frozen); trajectory "
+              "matching + MMD run for the rest. Measured on digits (budget 10, preset fast): warm-up 0.2 -> 37%, "
+              "0.5 -> 42%, 0.9 -> 70%, 0.95 -> 71% final-model accuracy: at short runs trajectory matching "
+              "still degrades the samples (under investigation), hence the high default.")
 @click.option("--convnet-width", type=int, help="Width of the expert, student and evaluation ConvNets [fast 32, else 128].")
 @click.option("--decoder", "family", type=click.Choice(["small", "medium", "large"]), help="Decoder family [fitter's choice].")
 @click.option("--z-dim", type=int, help="Latent size [fitter's choice].")
