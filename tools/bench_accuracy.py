@@ -73,6 +73,7 @@ class Profile:
     batch_syn: int = 0  # synthetic samples per inner step; 0 = every prior
     mmd_samples: int = 16
     mmd_real: int = 32
+    warmup: float = 0.9  # share of iterations trained by MMD alone first (the `d3 pack` default)
     epochs: dict = field(default_factory=lambda: {1: 500, 10: 500, 50: 500})  # ConvNet evaluation epochs per budget
     runs: int = 3
     resnet_epochs: dict = field(default_factory=lambda: {1: 300, 10: 300, 50: 300})  # 0: no ResNet row
@@ -167,7 +168,8 @@ def get_d3(budget: int, profile: Profile, args, src: str, device) -> dict:
                                  seed=args.seed),
             distill=DistillConfig(iterations=per_budget(profile.iterations, budget), syn_steps=profile.syn_steps,
                                   batch_syn=profile.batch_syn, mmd_samples=profile.mmd_samples,
-                                  mmd_real=profile.mmd_real, seed=args.seed, checkpoint_every=0, dsa=DSAParams()),
+                                  mmd_real=profile.mmd_real, seed=args.seed, checkpoint_every=0, dsa=DSAParams(),
+                                  warmup=round(profile.warmup * per_budget(profile.iterations, budget))),
         )
         start = time.time()
         pack(cfg)
