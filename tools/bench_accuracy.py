@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import cpu_model  # noqa: E402  (tools/machine.py: this script's directory is on sys.path)
 
 import d3fmt
 from d3fmt.augment import DSAParams
@@ -121,14 +122,7 @@ def reductions(profile: Profile) -> list[str]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model(default=platform.processor() or "cpu")
     return f"{model}, {torch.get_num_threads()} torch threads (CPU)"
 
 

@@ -292,14 +292,10 @@ def environment() -> dict:
 
     import d3fmt
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from machine import cpu_model  # tools/machine.py: this script's directory is on sys.path
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_bf16": _cpu_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
