@@ -17,7 +17,6 @@ they train on -- all that a holder of those images would know.
 from __future__ import annotations
 
 import io
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from d3fmt.errors import ConfigError
+from d3fmt.format.header import budget_bytes
 from d3fmt.evaluate import (
     EvalConfig,
     EvalResult,
@@ -34,13 +34,6 @@ from d3fmt.evaluate import (
     load_test_set,
     pixel_mean_std,
 )
-
-
-def budget_bytes(budget: float, num_classes: int, image_shape) -> int:
-    """The byte cap of a budget of ``budget`` images per class: B * K * C * H * W * 4."""
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise ConfigError(f"--budget must be > 0 images per class, got {budget}")
-    return int(budget * num_classes * math.prod(int(v) for v in image_shape) * 4)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

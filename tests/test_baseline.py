@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from d3fmt.baseline import (
-    budget_bytes,
     choose_random_subset,
     decode_png,
     png_bytes,
     save_subset,
 )
 from d3fmt.cli import main
+from d3fmt.format import budget_bytes
 from d3fmt.sources import open_source
 
 FAST = ["--epochs", "1", "--width", "16", "--device", "cpu", "-q", "--json"]

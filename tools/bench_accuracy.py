@@ -41,7 +41,7 @@ from machine import cpu_model  # noqa: E402  (tools/machine.py: this script's di
 
 import d3fmt
 from d3fmt.augment import DSAParams
-from d3fmt.baseline import budget_bytes, choose_random_subset
+from d3fmt.baseline import choose_random_subset
 from d3fmt.distill.experts import ExpertConfig
 from d3fmt.distill.pack import PackConfig, pack, resolve_device
 from d3fmt.distill.trainer import DistillConfig
@@ -52,7 +52,7 @@ from d3fmt.evaluate import (
     evaluate_real,
     pixel_mean_std,
 )
-from d3fmt.format import D3Reader
+from d3fmt.format import D3Reader, budget_bytes
 from d3fmt.sources import open_source
 
 FASHION = "/usr/share/datasets/fashion-mnist"

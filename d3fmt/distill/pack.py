@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +42,7 @@ from d3fmt.distill.experts import ExpertConfig, Trajectories, train_experts
 from d3fmt.distill.trainer import DistillConfig, DistillResult, distill
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.evaluate import EvalConfig, EvalResult, evaluate_representation
-from d3fmt.format import D3Container, D3Reader, budget_fields, encode_d3, write_d3
+from d3fmt.format import D3Container, D3Reader, budget_bytes, budget_fields, encode_d3, write_d3
 from d3fmt.models.convnet import ConvNet, load_flat_
 from d3fmt.models.decoder import DecoderConfig, build_decoder
 from d3fmt.progress import bar
@@ -155,16 +154,13 @@ def derive_seed(seed: int, *tags) -> int:
 
 def max_bytes_of(cfg: PackConfig, num_classes: int, image_shape) -> tuple[float, int]:
     """(ipc, max_bytes) from --budget or --max-bytes."""
-    per_ipc = num_classes * math.prod(image_shape) * 4
     if (cfg.budget is None) == (cfg.max_bytes is None):
         raise ConfigError("give exactly one of --budget (images per class) or --max-bytes")
     if cfg.budget is not None:
-        if not cfg.budget > 0:
-            raise ConfigError(f"--budget must be > 0 images per class, got {cfg.budget}")
-        return float(cfg.budget), int(cfg.budget * per_ipc)
+        return float(cfg.budget), budget_bytes(cfg.budget, num_classes, image_shape)
     if cfg.max_bytes <= 0:
         raise ConfigError(f"--max-bytes must be positive, got {cfg.max_bytes}")
-    return cfg.max_bytes / per_ipc, int(cfg.max_bytes)
+    return cfg.max_bytes / budget_bytes(1, num_classes, image_shape), int(cfg.max_bytes)
 
 
 # Fields that say how or where a process runs, not what it computes.

@@ -17,7 +17,7 @@ from d3fmt.format.container import (
     write_d3,
 )
 from d3fmt.format.encoding import ENCODINGS, decode_tensor, encode_tensor, quantize_int8, raw_size
-from d3fmt.format.header import SectionInfo, budget_fields
+from d3fmt.format.header import SectionInfo, budget_bytes, budget_fields
 
 __all__ = [
     "D3Container",
@@ -28,6 +28,7 @@ __all__ = [
     "MAGIC",
     "SectionInfo",
     "append_eval",
+    "budget_bytes",
     "budget_fields",
     "decode_tensor",
     "encode_d3",

@@ -10,6 +10,7 @@ reject"); it never touches section bytes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -18,7 +19,7 @@ from itertools import islice
 
 import jsonschema
 
-from d3fmt.errors import FormatError, LimitError
+from d3fmt.errors import ConfigError, FormatError, LimitError
 from d3fmt.format.constants import CODECS, MAX_NAME_CHARS, MAX_TOTAL_RAW_BYTES
 from d3fmt.format.encoding import FLOAT_ENCODINGS, get_encoding, raw_size
 
@@ -253,6 +254,13 @@ def check_eval_record(record: dict) -> None:
 # --------------------------------------------------------------------------- budget
 
 
+def budget_bytes(budget: float, num_classes: int, image_shape) -> int:
+    """The byte cap of a budget of ``budget`` images per class: B * K * C * H * W * 4."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"--budget must be > 0 images per class, got {budget}")
+    return int(budget * num_classes * math.prod(int(v) for v in image_shape) * 4)
+
+
 def budget_fields(ipc: float, num_classes: int, image_shape, bytes_used: int) -> dict:
     """The budget block: the byte cap and the file size in images-per-class equivalents.
 
@@ -263,7 +271,7 @@ def budget_fields(ipc: float, num_classes: int, image_shape, bytes_used: int) ->
     per_ipc_uint8 = num_classes * c * h * w
     return {
         "ipc": ipc,
-        "max_bytes": int(ipc * per_ipc_uint8 * 4),
+        "max_bytes": budget_bytes(ipc, num_classes, image_shape),
         "bytes_used": int(bytes_used),
         "ipc_equivalent_fp32": round(bytes_used / (per_ipc_uint8 * 4), 6),
         "ipc_equivalent_uint8": round(bytes_used / per_ipc_uint8, 6),
