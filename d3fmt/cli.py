@@ -127,9 +127,13 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--mmd-weight", default=1.0, show_default=True, help="Weight of the MMD loss.")
 @click.option("--warmup", type=float, default=0.9, show_default=True,
               help="Share of the iterations that first train by MMD alone (student lr frozen); trajectory "
-              "matching + MMD run for the rest. Measured on digits (budget 10, preset fast): warm-up 0.2 -> 37%, "
-              "0.5 -> 42%, 0.9 -> 70%, 0.95 -> 71% final-model accuracy: at short runs trajectory matching "
-              "still degrades the samples (under investigation), hence the high default.")
+              "matching + MMD run for the rest. From a random start (--pretrain-steps 0) trajectory matching "
+              "degraded short runs (digits: warm-up 0.2 -> 37%, 0.9 -> 70%), hence the high default.")
+@click.option("--pretrain-steps", default=1500, show_default=True,
+              help="Steps of the autoencoder stage: the decoder first learns to draw the real images (a VAE "
+              "whose encoder is not stored) and each class's priors start on its encoded images (k-means). "
+              "Distillation then fine-tunes from there. 0 = method.md's random start. Measured (digits, "
+              "budget 10): 70% from a random start, 99% from this stage alone (--iterations 0).")
 @click.option("--convnet-width", type=int, help="Width of the expert, student and evaluation ConvNets [fast 32, else 128].")
 @click.option("--decoder", "family", type=click.Choice(["small", "medium", "large"]), help="Decoder family [fitter's choice].")
 @click.option("--z-dim", type=int, help="Latent size [fitter's choice].")
@@ -148,8 +152,8 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip_bad, subtasks, subtask, label_sample,
              preset, iterations,
-             num_experts, expert_epochs, syn_steps, match_epochs, max_start_epoch, mmd_weight, warmup, convnet_width,
-             family, z_dim, latents, decoder_width, encoding, hard_labels, no_eval, eval_epochs, eval_runs,
+             num_experts, expert_epochs, syn_steps, match_epochs, max_start_epoch, mmd_weight, warmup, pretrain_steps,
+             convnet_width, family, z_dim, latents, decoder_width, encoding, hard_labels, no_eval, eval_epochs, eval_runs,
              device, seed, work_dir, checkpoint_every, resume, quiet):
     """Distil the labelled images of SRC into a .d3 file that fits the budget.
 
@@ -176,6 +180,7 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
     (a job array) only subtask i is written, as a part for `d3 merge`.
     """
     from d3fmt.augment import DSAParams
+    from d3fmt.distill.autoencoder import AutoencoderConfig
     from d3fmt.distill.experts import ExpertConfig
     from d3fmt.distill.pack import PackConfig, pack, resolve_device
     from d3fmt.distill.presets import resolve_preset
@@ -200,6 +205,7 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
         distill=DistillConfig(iterations=iterations, syn_steps=syn_steps, expert_epochs=match_epochs,
                               max_start_epoch=max_start_epoch, mmd_weight=mmd_weight, seed=seed,
                               warmup=round(warmup * iterations),
+                              autoencoder=AutoencoderConfig(steps=pretrain_steps),
                               checkpoint_every=checkpoint_every, dsa=DSAParams()),
         evaluation=None if no_eval else EvalConfig(epochs=eval_epochs, runs=eval_runs, width=convnet_width,
                                                    seed=seed),

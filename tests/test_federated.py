@@ -28,7 +28,7 @@ from d3fmt.sources.base import Source
 from d3fmt.sources.synthetic import make_shapes_folder
 
 TINY = ["--iterations", "3", "--experts", "1", "--expert-epochs", "3", "--syn-steps", "2", "--match-epochs", "1",
-        "--convnet-width", "16", "--eval-epochs", "2", "--device", "cpu", "-q"]
+        "--convnet-width", "16", "--eval-epochs", "2", "--pretrain-steps", "10", "--device", "cpu", "-q"]
 DIGITS = ["digits", "--budget", "10", "--subtasks", "3", "--no-eval", *TINY]
 TORCHRUN_TIMEOUT_S = 240
 

@@ -10,6 +10,7 @@ import d3fmt
 from d3fmt.augment import DSAParams
 from d3fmt.cli import main
 from d3fmt.distill import trainer
+from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
 from d3fmt.distill.pack import PackConfig, fit_to_cap, pack, partition_classes
 from d3fmt.distill.trainer import DistillConfig
@@ -19,7 +20,7 @@ from d3fmt.format import D3Container, D3Reader, read_d3
 from d3fmt.sources.synthetic import make_shapes_folder
 
 TINY_ARGS = ["--iterations", "3", "--experts", "1", "--expert-epochs", "3", "--syn-steps", "2",
-             "--match-epochs", "1", "--convnet-width", "16", "--eval-epochs", "2", "-q"]
+             "--match-epochs", "1", "--convnet-width", "16", "--eval-epochs", "2", "--pretrain-steps", "10", "-q"]
 
 
 def tiny_config(tmp_path, source="digits", budget=10.0, iterations=3, **kw) -> PackConfig:
@@ -28,7 +29,7 @@ def tiny_config(tmp_path, source="digits", budget=10.0, iterations=3, **kw) -> P
         source=source, output=str(tmp_path / "out.d3"), budget=budget, work_dir=str(tmp_path / "work"),
         quiet=True, experts=ExpertConfig(num_experts=1, epochs=3, width=16),
         distill=DistillConfig(iterations=iterations, syn_steps=2, expert_epochs=1, checkpoint_every=1,
-                              mmd_samples=4, mmd_real=8, dsa=DSAParams()),
+                              mmd_samples=4, mmd_real=8, dsa=DSAParams(), autoencoder=AutoencoderConfig(steps=10)),
         **kw,
     )
 
@@ -49,6 +50,22 @@ def test_pack_digits_writes_a_valid_file_within_budget(tmp_path):
     image, label = ds[0]
     assert image.shape == (1, 8, 8) and 0 <= float(image.min()) and float(image.max()) <= 1
     assert len(ds) == 10 * h["samples_per_class"]
+
+
+def test_pack_with_zero_iterations_keeps_the_autoencoder_result_and_trains_no_experts(tmp_path):
+    cfg = tiny_config(tmp_path, iterations=0, evaluation=EvalConfig(epochs=30, width=16))
+    cfg.distill.autoencoder = AutoencoderConfig(steps=150, batch=64)
+    result = pack(cfg)
+    experts = sorted(p.name for p in (tmp_path / "work" / "experts").iterdir())
+    assert len(experts) == 1  # only the soft-label teacher: no trajectories are needed
+    with D3Reader(result.path) as r:
+        r.verify()
+        settings = r.header["provenance"]["settings"]["distill"]
+        assert settings["iterations"] == 0 and settings["autoencoder"]["steps"] == 150
+        # far above chance (10%) after 150 autoencoder steps and a 30-epoch evaluation
+        assert r.header["evals"][0]["accuracy"] > 0.5
+    with pytest.raises(ConfigError, match="iterations must be >= 1"):
+        DistillConfig(iterations=0, autoencoder=AutoencoderConfig(steps=0))
 
 
 def test_pack_generated_rgb_imagefolder_via_cli(tmp_path):

@@ -42,6 +42,7 @@ from machine import cpu_model  # noqa: E402  (tools/machine.py: this script's di
 import d3fmt
 from d3fmt.augment import DSAParams
 from d3fmt.baseline import choose_random_subset
+from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
 from d3fmt.distill.pack import PackConfig, pack, resolve_device
 from d3fmt.distill.trainer import DistillConfig
@@ -75,6 +76,7 @@ class Profile:
     mmd_samples: int = 16
     mmd_real: int = 32
     warmup: float = 0.9  # share of iterations trained by MMD alone first (the `d3 pack` default)
+    pretrain_steps: int = 1500  # autoencoder stage (the `d3 pack` default); 0 = method.md's random start
     epochs: dict = field(default_factory=lambda: {1: 500, 10: 500, 50: 500})  # ConvNet evaluation epochs per budget
     runs: int = 3
     resnet_epochs: dict = field(default_factory=lambda: {1: 300, 10: 300, 50: 300})  # 0: no ResNet row
@@ -88,15 +90,16 @@ class Profile:
 
 FULL = Profile("full")
 
-# The CPU profile: two shared cores at ~1 s per ConvNet-32 batch of 256 (28x28).
-# Measured there (under load from other jobs): distillation ~3 s per iteration at B=1
-# (10 priors) and ~12-15 s at B=10 and 50 (100 priors), evaluation ~1.5 s per ConvNet-32
-# batch of 256 (decoding included), ResNet-18 ~17 s per training batch and ~4 min per pass
-# over the 10,000 test images. This profile takes about an hour there.
+# The CPU profile: two cores, no GPU. Measured there (2026-11-25): two width-32 experts of
+# 4 epochs on all 60,000 images ~5-9 min, the autoencoder stage 2.5-5 min per budget,
+# distillation ~3 s per iteration at B=1 and ~10-15 s at B=10 and 50 (100 synthetic samples
+# per inner step); evaluation ~0.06 s per epoch at B=1, ~0.4 s at B=10, ~4 s at B=50
+# (ConvNet-32, decoding included); ResNet-18 ~17 s per training batch and ~1 min per pass
+# over the 10,000 test images. This profile takes about 50 minutes there.
 REDUCED = Profile(
-    "reduced", width=32, pack_per_class=600, experts=2, expert_epochs=4, iterations={1: 60, 10: 20, 50: 15},
-    syn_steps=10, batch_syn=0, mmd_samples=8, mmd_real=16, epochs={1: 100, 10: 30, 50: 8}, runs=2,
-    resnet_epochs={1: 0, 10: 3, 50: 0}, resnet_runs=1, random_resnet=False, full_epochs=2, full_runs=1,
+    "reduced", width=32, pack_per_class=0, experts=2, expert_epochs=4, iterations={1: 30, 10: 10, 50: 10},
+    syn_steps=10, batch_syn=100, mmd_samples=8, mmd_real=16, epochs={1: 1000, 10: 300, 50: 40}, runs=2,
+    resnet_epochs={1: 0, 10: 3, 50: 0}, resnet_runs=1, random_resnet=False, full_epochs=5, full_runs=1,
     full_resnet=False,
 )
 
@@ -163,7 +166,8 @@ def get_d3(budget: int, profile: Profile, args, src: str, device) -> dict:
             distill=DistillConfig(iterations=per_budget(profile.iterations, budget), syn_steps=profile.syn_steps,
                                   batch_syn=profile.batch_syn, mmd_samples=profile.mmd_samples,
                                   mmd_real=profile.mmd_real, seed=args.seed, checkpoint_every=0, dsa=DSAParams(),
-                                  warmup=round(profile.warmup * per_budget(profile.iterations, budget))),
+                                  warmup=round(profile.warmup * per_budget(profile.iterations, budget)),
+                                  autoencoder=AutoencoderConfig(steps=profile.pretrain_steps)),
         )
         start = time.time()
         pack(cfg)
@@ -269,14 +273,15 @@ def verdicts(report: dict) -> list[str]:
 
 
 REDUCED_NOTES = [
-    ("This is the reduced CPU profile (2 shared cores, no GPU): the distiller ran 15-60 iterations "
-     "(reference: 8,000-10,000) against 2 experts of 4 epochs trained on 600 images per class (reference: "
-     "100 experts, all data), with a ConvNet of width 32 (reference 128). The decoder and priors are far from "
-     "converged, so the D3 rows measure the pipeline, not the method's ceiling."),
-    ("Evaluation trains for about 100 SGD steps per run (reference: 1,000+ epochs), which caps every row, "
-     "the random subset and full-data rows included; ResNet-18 (17 s per batch of 256 on this CPU) gets only "
-     "a handful of steps and one run (chance-level accuracy is expected after so few steps: BatchNorm "
-     "statistics have not settled), so its number is a smoke test of cross-architecture transfer."),
+    ("This is the reduced CPU profile (2 cores, no GPU): after the autoencoder stage (1,500 steps) the "
+     "distiller ran 10-30 iterations (reference: 8,000-10,000) against 2 experts of 4 epochs (reference: "
+     "100 experts), with a ConvNet of width 32 (reference 128). At these lengths the D3 files are essentially "
+     "the autoencoder's decoder and priors (benchmarks/fmnist-ablation.md): blurry samples, which is what "
+     "limits budgets 10 and 50, where the random subset holds 61 and 310 sharp real images per class."),
+    ("Evaluation: 1000 / 300 / 40 epochs at budgets 1 / 10 / 50 with as many samples per class and epoch as "
+     "the random subset has images, i.e. the same SGD steps for both (1,000 / 900 / 520 batches of 256). "
+     "ResNet-18 (17 s per batch of 256 on this CPU) gets 3 epochs and one run (chance-level accuracy is "
+     "expected after so few steps: BatchNorm statistics have not settled), so its number is a smoke test."),
     ("The targets (80/89/91%) are for the full profile on a GPU: "
      "`python tools/bench_accuracy.py --device cuda`."),
 ]

@@ -74,7 +74,7 @@ def part_container(ctx: PackContext, i: int, result, trajectories) -> D3Containe
     header["subtasks"] = [entry]
     header["labels"] = "hard"
     header["partial"] = True
-    accuracy = [float(a) for a in (trajectories.test_accuracy or []) if a is not None]
+    accuracy = [float(a) for a in (getattr(trajectories, "test_accuracy", None) or []) if a is not None]
     header["provenance"]["part"] = {"of": len(ctx.partition), "partition": partition_hash(ctx.partition),
                                     "subtasks": [i], "lr": [float(result.lr)], "expert_accuracy": [accuracy]}
     tensors, encodings = tensors_of(header, ctx.plan, [result], None)

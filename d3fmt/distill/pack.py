@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 from d3fmt import __version__
+from d3fmt.distill.autoencoder import pretrain_cached
 from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, gaussian_ratios
 from d3fmt.distill.experts import ExpertConfig, Trajectories, train_experts
-from d3fmt.distill.trainer import DistillConfig, DistillResult, distill
+from d3fmt.distill.trainer import DistillConfig, DistillResult, distill, initial_result
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.evaluate import EvalConfig, EvalResult, evaluate_representation
 from d3fmt.format import D3Container, D3Reader, budget_bytes, budget_fields, encode_d3, write_d3
@@ -405,24 +406,42 @@ def load_subset(source, classes: list[int], split: str, mean, std) -> tuple[torc
     return normalized_float(x, mean, std), torch.from_numpy(local[y])
 
 
-def distill_subtask(ctx: PackContext, i: int, device) -> tuple[DistillResult, Trajectories]:
-    """Experts + distillation of subtask ``i``; randomness from (seed, i) only."""
+def distill_subtask(ctx: PackContext, i: int, device) -> tuple[DistillResult, Trajectories | None]:
+    """Experts + autoencoder + distillation of subtask ``i``; randomness from (seed, i) only.
+
+    With ``iterations == 0`` the autoencoder's decoder and priors are the result and no
+    experts are trained (the trajectories returned are then None).
+    """
     cfg, classes, source = ctx.cfg, ctx.partition[i], ctx.source
     x, y = load_subset(source, classes, "train", ctx.mean, ctx.std)  # [N_i, C, H, W], [N_i]
+    dcfg = replace(cfg.distill, mean=tuple(ctx.mean), std=tuple(ctx.std),
+                   seed=derive_seed(cfg.distill.seed, "distill", i))
+    traj = _subtask_experts(ctx, i, x, y, device) if dcfg.iterations else None
+    decoder_cfg, run_dir = DecoderConfig.from_json(ctx.plan.decoders[i]), ctx.run_dir / f"subtask{i}"
+    init = None
+    if dcfg.autoencoder.steps:
+        with bar(cfg.quiet, total=dcfg.autoencoder.steps, desc=f"autoencoder {i + 1}/{cfg.subtasks}",
+                 unit="step") as pbar:
+            init = pretrain_cached(run_dir, x.to(device), y, len(classes), decoder_cfg, ctx.plan.latents_per_class,
+                                   dcfg.autoencoder, ctx.mean, ctx.std, derive_seed(dcfg.seed, "autoencoder"),
+                                   progress=pbar)
+    if not dcfg.iterations:
+        return initial_result(init, dcfg), None
+    with bar(cfg.quiet, total=dcfg.iterations, desc=f"distil {i + 1}/{cfg.subtasks}", unit="it") as pbar:
+        result = distill(x, y, len(classes), decoder_cfg, ctx.plan.latents_per_class, traj, dcfg, device=device,
+                         checkpoint_dir=run_dir, resume=cfg.resume, progress=pbar, init=init)
+    return result, traj
+
+
+def _subtask_experts(ctx: PackContext, i: int, x, y, device) -> Trajectories:
+    cfg, classes, source = ctx.cfg, ctx.partition[i], ctx.source
     tx, ty = _test_subset(source, classes, ctx.mean, ctx.std)
     ecfg = replace(cfg.experts, seed=derive_seed(cfg.experts.seed, "experts", i))
     with bar(cfg.quiet, total=ecfg.num_experts * ecfg.epochs,
              desc=f"experts {i + 1}/{cfg.subtasks}", unit="epoch") as pbar:
-        traj = train_experts(x, y, len(classes), ecfg, Path(cfg.work_dir) / "experts", device=device,
+        return train_experts(x, y, len(classes), ecfg, Path(cfg.work_dir) / "experts", device=device,
                              progress=pbar, data_id=f"{source.info.content_hash}:{source.info.image_shape}",
                              classes=classes, x_test=tx, y_test=ty)
-    dcfg = replace(cfg.distill, mean=tuple(ctx.mean), std=tuple(ctx.std),
-                   seed=derive_seed(cfg.distill.seed, "distill", i))
-    with bar(cfg.quiet, total=dcfg.iterations, desc=f"distil {i + 1}/{cfg.subtasks}", unit="it") as pbar:
-        result = distill(x, y, len(classes), DecoderConfig.from_json(ctx.plan.decoders[i]),
-                         ctx.plan.latents_per_class, traj, dcfg, device=device,
-                         checkpoint_dir=ctx.run_dir / f"subtask{i}", resume=cfg.resume, progress=pbar)
-    return result, traj
 
 
 def _test_subset(source, classes, mean, std):

@@ -13,9 +13,13 @@ Per iteration (method.md):
    0.5), decoder Adam (weight decay 1e-5), alpha SGD (momentum 0.5, as the MTT
    reference's learnable lr), alpha then clamped to >= ``lr_min``.
 
-Priors: ``mu`` [K*L, z] class-major (row r is class r // L) initialised N(0, init_mu_std^2)
-so classes start apart in latent space; ``logvar`` = ``init_logvar`` (log 0.1: sigma ~0.32,
-samples stay near their prior mean early on). Both are learned.
+Priors: ``mu`` [K*L, z] class-major (row r is class r // L). With ``init`` (what `d3 pack`
+passes by default) the decoder and priors start from the autoencoder stage of
+:mod:`d3fmt.distill.autoencoder`, so the losses below fine-tune a decoder that already
+draws the class's images. Without it (method.md's start) the decoder is random and
+``mu`` is N(0, init_mu_std^2), so classes start apart in latent space, with ``logvar`` =
+``init_logvar`` (log 0.1: sigma ~0.32, samples stay near their prior mean early on).
+Both are learned.
 
 Learnable lr: alpha is stored directly (not its log) and trained by SGD as in the MTT
 reference. With a randomly initialised decoder the first synthetic batches push the
@@ -54,6 +58,7 @@ import torch
 from safetensors import safe_open
 
 from d3fmt.augment import DSAParams, dsa, random_seed
+from d3fmt.distill.autoencoder import AutoencoderConfig, Pretrained
 from d3fmt.distill.experts import Trajectories
 from d3fmt.distill.mmd import BANDWIDTHS, mmd2
 from d3fmt.distill.mtt import trajectory_matching_loss
@@ -100,15 +105,20 @@ class DistillConfig:
     checkpoint_every: int = 100  # 0 = only at the end
     amp: bool = True  # bf16 autocast for MMD feature extraction, CUDA only
     warmup: int = 0  # first iterations: MMD only, alpha frozen (see the module docstring)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # init (d3fmt.distill.autoencoder)
 
     def __post_init__(self):
         if isinstance(self.dsa, dict):
             self.dsa = DSAParams(**self.dsa)
+        if isinstance(self.autoencoder, dict):
+            self.autoencoder = AutoencoderConfig(**self.autoencoder)
         self.bandwidths = tuple(float(b) for b in self.bandwidths)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        for name in ("iterations", "syn_steps", "expert_epochs", "mmd_samples", "mmd_real"):
+        for name in ("syn_steps", "expert_epochs", "mmd_samples", "mmd_real"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill {name} must be >= 1, got {getattr(self, name)}")
+        if self.iterations < 0 or (self.iterations == 0 and self.autoencoder.steps == 0):
+            raise ConfigError("distill iterations must be >= 1, or >= 0 with autoencoder pre-training")
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise ConfigError("distill mean/std must be per-channel lists of equal length with std > 0")
 
@@ -180,17 +190,20 @@ def distill(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress=None,
+    init: Pretrained | None = None,
 ) -> DistillResult:
     """Distil one class subset: x float32 [N, C, H, W] normalised, y int64 [N] in 0..K-1.
 
     ``progress``: a tqdm-like object (``update(1)`` + ``set_postfix(losses)``) or a
     callable ``progress(iteration, losses)``. With ``checkpoint_dir`` a checkpoint is
     written every ``cfg.checkpoint_every`` iterations and at the end; ``resume=True``
-    continues from it (same config required), else a fresh run overwrites it.
+    continues from it (same config required), else a fresh run overwrites it. ``init``:
+    the autoencoder stage's decoder and priors to start from (see
+    :func:`d3fmt.distill.autoencoder.pretrain`) instead of a random decoder and N(0, I).
     """
     device = torch.device(device)
     task = _make_task(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device)
-    state = _init_state(task, decoder_cfg)
+    state = _init_state(task, decoder_cfg, init)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     key = _config_hash(cfg, decoder_cfg, latents_per_class, num_classes, x.shape, len(trajectories))
     if resume and ckpt is not None and ckpt.exists():
@@ -253,15 +266,22 @@ def _make_task(x, y, num_classes, decoder_cfg, lpc, trajectories, cfg, device) -
     )
 
 
-def _init_state(task: _Task, decoder_cfg: DecoderConfig) -> _State:
+def _init_state(task: _Task, decoder_cfg: DecoderConfig, init: Pretrained | None = None) -> _State:
     cfg, device = task.cfg, task.device
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # decoder init depends on the seed only
         decoder = build_decoder(decoder_cfg).to(device).train()
     n_priors = task.num_classes * task.lpc
-    mu = (torch.randn(n_priors, decoder_cfg.z_dim, generator=g) * cfg.init_mu_std).to(device).requires_grad_(True)
-    logvar = torch.full((n_priors, decoder_cfg.z_dim), cfg.init_logvar, device=device).requires_grad_(True)
+    mu = torch.randn(n_priors, decoder_cfg.z_dim, generator=g) * cfg.init_mu_std
+    logvar = torch.full((n_priors, decoder_cfg.z_dim), cfg.init_logvar)
+    if init is not None:
+        if tuple(init.mu.shape) != (n_priors, decoder_cfg.z_dim):
+            raise ConfigError(f"pre-trained priors are {list(init.mu.shape)}, expected {[n_priors, decoder_cfg.z_dim]}")
+        decoder.load_state_dict(init.decoder_state)
+        mu, logvar = init.mu.clone(), init.logvar.clone()
+    mu = mu.to(device).requires_grad_(True)
+    logvar = logvar.to(device).requires_grad_(True)
     alpha = torch.tensor(cfg.lr_init, device=device).requires_grad_(True)
     lr_prior, lr_decoder = cfg.learning_rates(decoder_cfg.family)
     return _State(
@@ -369,6 +389,13 @@ def _iteration(task: _Task, state: _State) -> dict[str, float]:
     with torch.no_grad():
         state.alpha.clamp_(min=cfg.lr_min)
     return {"mtt": float(mtt.detach()), "mmd": float(mmd.detach()), "total": float(total.detach()), "lr": float(state.alpha.detach())}
+
+
+def initial_result(init: Pretrained, cfg: DistillConfig) -> DistillResult:
+    """The result of a zero-iteration run: the autoencoder's decoder and priors, alpha = lr_init."""
+    return DistillResult(mu=init.mu.clone(), logvar=init.logvar.clone(),
+                         decoder_state={n: t.clone() for n, t in init.decoder_state.items()}, lr=cfg.lr_init,
+                         history={k: [] for k in LOSS_KEYS}, iterations=0, seconds=0.0)
 
 
 def _report(progress, iteration: int, losses: dict) -> None:
