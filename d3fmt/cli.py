@@ -66,7 +66,7 @@ def inspect_cmd(file: str, as_json: bool, verify: bool):
 @click.option("--classes", help="Comma-separated class indices, one row each [all classes].")
 @click.option("--seed", default=0, show_default=True, help="Noise seed.")
 @click.option("--epoch", default=0, show_default=True, help="Noise epoch.")
-@click.option("--no-means", is_flag=True, help="Draw noise in every cell (by default each row starts with the prior means, framed in red).")
+@click.option("--no-means", is_flag=True, help="Draw noise in every cell (by default each row starts with up to half its cells of prior means, framed in red).")
 @click.option("--scale", type=int, help="Pixel magnification [about 48 px per image].")
 def sample_cmd(file, output, columns, classes, seed, epoch, no_means, scale):
     """Write a PNG grid of decoded samples: a row per class."""

@@ -78,14 +78,18 @@ def sample_grid(
 ) -> GridInfo:
     """Write a PNG grid: a row per class, ``columns`` samples each.
 
-    With ``mark_means`` the first L cells of a row are the class's prior means
-    (framed in red); the others are noise draws (framed in dark grey). ``scale``
-    (default: about 48 px per image) enlarges small images with nearest-neighbour.
+    With ``mark_means`` a row starts with up to ``columns // 2`` of the class's L prior
+    means (framed in red) and the other cells are noise draws (framed in dark grey), so
+    draws are always shown. ``scale`` (default: about 48 px per image) enlarges small
+    images with nearest-neighbour.
     """
     if not isinstance(columns, int) or columns < 1:
         raise ConfigError(f"columns={columns!r} must be a positive integer")
     rep = open_representation(d3_path, classes=classes)
-    options = SampleOptions(columns, seed, epoch, "hard", mark_means, None if classes is None else list(classes))
+    picked = None if classes is None else list(classes)
+    latents = max(rep.latents_per_class(c) for c in (picked or rep.classes))
+    per_class = latents + columns if mark_means else columns  # slots 0..L-1 are the means
+    options = SampleOptions(per_class, seed, epoch, "hard", mark_means, picked)
     plan = make_plan(rep, options)
     c, h, w = rep.image_shape
     scale = max(1, round(48 / max(h, w))) if scale is None else int(scale)
@@ -93,20 +97,30 @@ def sample_grid(
         raise ConfigError("scale must be >= 1 and border >= 0")
     cell_h, cell_w = h * scale + 2 * border, w * scale + 2 * border
     rows = len(plan.classes)
+    cells = torch.tensor([r * per_class + slot for r, cls in enumerate(plan.classes)
+                          for slot in _grid_slots(rep.latents_per_class(cls), columns, mark_means)])  # [rows*cols]
     canvas = np.zeros((rows * cell_h, columns * cell_w, 3), dtype=np.uint8)
-    for start in range(0, len(plan), DECODE_BATCH):
-        index = torch.arange(start, min(start + DECODE_BATCH, len(plan)))
+    for start in range(0, len(cells), DECODE_BATCH):
+        index = cells[start : start + DECODE_BATCH]
         images, _ = decode_items(rep, plan, options, index)
         pixels = _as_rgb(to_uint8(images))  # [n, h, w, 3]
         pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
         draw = plan.locate(index)
-        for k, i in enumerate(index.tolist()):
-            r, col = divmod(i, columns)
+        for k in range(len(index)):
+            r, col = divmod(start + k, columns)
             y, x = r * cell_h, col * cell_w
             canvas[y : y + cell_h, x : x + cell_w] = MEAN_BORDER if bool(draw.is_mean[k]) else SAMPLE_BORDER
             canvas[y + border : y + border + h * scale, x + border : x + border + w * scale] = pixels[k]
     _write_bytes(out_png, png_bytes(canvas))
     return GridInfo(os.fspath(out_png), list(plan.classes), columns, cell_h, canvas.shape[1], canvas.shape[0])
+
+
+def _grid_slots(latents: int, columns: int, mark_means: bool) -> list[int]:
+    """A row's plan slots: some prior means (slots < L), then noise draws (slots >= L)."""
+    if not mark_means:
+        return list(range(columns))
+    means = min(latents, columns // 2)
+    return list(range(means)) + list(range(latents, latents + columns - means))
 
 
 def _as_rgb(pixels: np.ndarray) -> np.ndarray:

@@ -39,6 +39,21 @@ def test_grid_is_a_png_of_the_expected_size(d3_file, tmp_path):
     assert np.array_equal(got, want)
 
 
+
+def test_grid_with_few_columns_still_shows_noise_draws(d3_file, tmp_path):
+    # L = 2 prior means but only 2 columns: at most columns // 2 = 1 mean, then a draw.
+    out = tmp_path / "narrow.png"
+    sample_grid(d3_file, out, columns=2, classes=[1], scale=3, border=2)
+    cell = 8 * 3 + 2 * 2
+    with Image.open(out) as img:
+        px = np.asarray(img)
+    assert px.shape[:2] == (cell, 2 * cell)
+    assert tuple(px[0, 0]) == MEAN_BORDER and tuple(px[0, cell]) == SAMPLE_BORDER
+    # The second cell is the first noise draw, slot L = 2 of the class.
+    want = _expected_uint8(d3_file, 3, classes=[1], include_means=True)[2, ..., 0]
+    got = px[2 : 2 + 24 : 3, cell + 2 : cell + 2 + 24 : 3, 0]
+    assert np.array_equal(got, want)
+
 def test_grid_cli(d3_file, tmp_path):
     out = tmp_path / "g.png"
     result = CliRunner().invoke(main, ["sample", str(d3_file), "-o", str(out), "-n", "3", "--classes", "1,3"])

@@ -306,27 +306,36 @@ def _pack_distributed(cfg: PackConfig, env: DistEnv) -> PackResult:
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT)
-    try:
-        torch.manual_seed(cfg.seed)
-        ctx = prepare(cfg)
-        ids = assign(cfg.subtasks, env.world_size)[env.rank]
-        paths = distill_parts(ctx, ids, device)
-        payload = b""
-        if paths:
-            payload = encode_d3(merging.combine([merging.read_part(p) for p in paths], complete=False))
-        gathered = gather_bytes(payload, device, env.world_size)
-        if gathered is None:
-            return PackResult(None, len(payload), ctx.max_bytes, ctx.plan, None, [], subtasks=ids, partial=True)
-        rank_paths = []
-        for r, data in enumerate(gathered):
-            if data:
-                path = ctx.run_dir / f"rank-{r:04d}.d3"
-                atomic_write(path, data)
-                rank_paths.append(path)
-        return _merge_local(ctx, rank_paths, device, ids)
-    finally:
-        if owned and dist.is_initialized():
-            dist.destroy_process_group()
+    result = _rank_pack(cfg, env, device)
+    # Only on success: every rank waits here until rank 0 has written the file, so no
+    # rank tears its connections down (or exits) while a peer still uses the group. On an
+    # exception the rank just exits non-zero and torchrun stops the others; a collective
+    # shutdown there could hang on a peer that is still inside a collective.
+    dist.barrier()
+    if owned:
+        dist.destroy_process_group()
+    return result
+
+
+def _rank_pack(cfg: PackConfig, env: DistEnv, device: torch.device) -> PackResult:
+    """This rank's subtasks, gathered on rank 0, which merges them into the file."""
+    torch.manual_seed(cfg.seed)
+    ctx = prepare(cfg)
+    ids = assign(cfg.subtasks, env.world_size)[env.rank]
+    paths = distill_parts(ctx, ids, device)
+    payload = b""
+    if paths:
+        payload = encode_d3(merging.combine([merging.read_part(p) for p in paths], complete=False))
+    gathered = gather_bytes(payload, device, env.world_size)
+    if gathered is None:
+        return PackResult(None, len(payload), ctx.max_bytes, ctx.plan, None, [], subtasks=ids, partial=True)
+    rank_paths = []
+    for r, data in enumerate(gathered):
+        if data:
+            path = ctx.run_dir / f"rank-{r:04d}.d3"
+            atomic_write(path, data)
+            rank_paths.append(path)
+    return _merge_local(ctx, rank_paths, device, ids)
 
 
 if __name__ == "__main__":
