@@ -239,7 +239,9 @@ def _eval_options(fn):
         click.option("--runs", default=1, show_default=True, help="Independent runs; mean and std are reported."),
         click.option("--lr", type=float, help="SGD learning rate [d3 eval: the file's learned lr; baselines: 0.01]."),
         click.option("--batch-size", default=256, show_default=True, help="Training batch size."),
-        click.option("--width", type=int, help="ConvNet width [d3 eval: the width the file was distilled with; else 128]."),
+        click.option("--width", type=int,
+                     help="ConvNet width [d3 eval: the width the file was distilled with; else 128]; with "
+                          "--model resnet18 its first-stage width [64, the standard ResNet-18; 16 is 16x cheaper]."),
         click.option("--dsa", default="color_crop_cutout_flip_scale_rotate", show_default=True,
                      help="Differentiable augmentation families joined by '_'; 'none' disables it."),
         click.option("--seed", default=0, show_default=True, help="Seed of model init, sampling and augmentation."),
@@ -256,7 +258,7 @@ def _eval_config(model, epochs, runs, lr, batch_size, width, dsa, seed, device, 
     from d3fmt.distill.pack import resolve_device
     from d3fmt.evaluate import EvalConfig
 
-    cfg = EvalConfig(model=model, epochs=epochs, runs=runs, lr=lr, batch_size=batch_size, width=width or 128,
+    cfg = EvalConfig(model=model, epochs=epochs, runs=runs, lr=lr, batch_size=batch_size, width=width,
                      dsa="" if dsa in ("none", "") else dsa, seed=seed, device=str(resolve_device(device)), **extra)
     cfg.validate()
     return cfg
@@ -301,7 +303,9 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, model, epochs
     from d3fmt.evaluate import evaluate_file, file_convnet_width
     from d3fmt.progress import bar
 
-    cfg = _eval_config(model, epochs, runs, lr, batch_size, width or file_convnet_width(file), dsa, seed, device,
+    if width is None and model == "convnet":
+        width = file_convnet_width(file)
+    cfg = _eval_config(model, epochs, runs, lr, batch_size, width, dsa, seed, device,
                        samples_per_class=samples_per_class, labels=labels)
     with bar(quiet, total=cfg.runs * cfg.epochs, desc="eval", unit="epoch") as pbar:
         ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record)

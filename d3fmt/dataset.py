@@ -6,8 +6,11 @@ Sampling contract (the same for both, and for ``d3 sample`` / ``d3 export``):
     sel = the selected classes, in the order given (default: all classes of the file, ascending)
     L_c = latents (priors) per class c
 
-    item i  ->  class c = sel[i // n],  slot j = i % n,  prior l = j % L_c
-    with include_means, slots j < L_c are the prior means (eps = 0)
+    P_c = 2 * L_c with include_means (each mean once, then each prior drawn once), else L_c
+    u   = j                       when n >= P_c
+          (j + epoch * n) % P_c   when n <  P_c (epochs take turns, so every prior is used)
+    item i  ->  class c = sel[i // n],  slot j = i % n,  prior l = u % L_c
+    with include_means, the items with u < L_c are the prior means (eps = 0)
     eps     =  noise.gaussian(seed, epoch, index = c * 2**24 + j, z_dim)
     z       =  mu[c, l] + exp(logvar[c, l] / 2) * eps
     image   =  (G(z) + 1) / 2                  pixels in [0, 1] (ToTensor convention)
@@ -53,17 +56,20 @@ class SamplingPlan:
     def __len__(self) -> int:
         return len(self.classes) * self.samples_per_class
 
-    def locate(self, index: torch.Tensor, device=None) -> "Draw":
-        """Items [N] -> their draw. Vectorised; works on any device."""
+    def locate(self, index: torch.Tensor, device=None, epoch: int = 0) -> "Draw":
+        """Items [N] -> their draw in ``epoch``. Vectorised; works on any device."""
         device = index.device if device is None else torch.device(device)
         index = index.to(device=device, dtype=torch.int64)
         sel = torch.as_tensor(self.classes, dtype=torch.int64, device=device)  # [K_sel]
         lat = torch.as_tensor(self.latents, dtype=torch.int64, device=device)  # [K_sel]
         k, slot = index // self.samples_per_class, index % self.samples_per_class
         lpc = lat[k]
-        is_mean = slot < lpc if self.include_means else torch.zeros_like(slot, dtype=torch.bool)
+        period = 2 * lpc if self.include_means else lpc  # P_c
+        n = self.samples_per_class
+        u = torch.where(period > n, (slot + int(epoch) * n) % period, slot)
+        is_mean = u < lpc if self.include_means else torch.zeros_like(slot, dtype=torch.bool)
         cls = sel[k]
-        return Draw(cls=cls, slot=slot, prior=slot % lpc, is_mean=is_mean, counter=cls * CLASS_STRIDE + slot)
+        return Draw(cls=cls, slot=slot, prior=u % lpc, is_mean=is_mean, counter=cls * CLASS_STRIDE + slot)
 
 
 @dataclass
@@ -123,7 +129,7 @@ def decode_items(rep: Representation, plan: SamplingPlan, options: SampleOptions
 
     The one function behind D3Dataset, D3Stream and export, so they always agree.
     """
-    draw = plan.locate(index, device=rep.device)
+    draw = plan.locate(index, device=rep.device, epoch=options.epoch)
     eps = gaussian(options.seed, options.epoch, draw.counter, rep.z_max, device=rep.device)  # [N, z]
     if plan.include_means:
         eps = eps.masked_fill(draw.is_mean[:, None], 0.0)

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from d3fmt.augment import REFERENCE_STRATEGY, DSAParams, dsa
 from d3fmt.errors import ConfigError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
-from d3fmt.models.resnet import resnet18
+from d3fmt.models.resnet import ResNet, ResNetConfig
 from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
+RESNET_WIDTH = 64  # ResNet-18's standard first-stage width (the --width default for --model resnet18)
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
 
@@ -55,10 +56,14 @@ class EvalConfig:
     samples_per_class: int | None = None  # decoded items per class and epoch; None: the file's
     labels: str = "auto"  # "auto" (soft when stored) | "hard" | "soft"
     dsa: str = REFERENCE_STRATEGY  # "" or "none" disables augmentation
-    width: int = 128  # ConvNet width (ResNet-18 is fixed)
+    width: int | None = None  # ConvNet width [128], or ResNet-18's first-stage width [RESNET_WIDTH: the standard]
     seed: int = 0
     device: str = "cpu"
     keep_models: bool = False  # return the trained final models in EvalResult.models
+
+    def __post_init__(self):
+        if self.width is None:
+            self.width = RESNET_WIDTH if self.model == "resnet18" else 128
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -76,8 +81,11 @@ class EvalConfig:
 
     @property
     def model_name(self) -> str:
-        """What evaluation records call the model: the ConvNet with its width."""
-        return f"convnet-{self.width}" if self.model == "convnet" else self.model
+        """What evaluation records call the model: the ConvNet with its width; ResNet-18 with
+        its first-stage width when it is not the standard 64 (a narrow ResNet-18 for CPUs)."""
+        if self.model == "convnet":
+            return f"convnet-{self.width}"
+        return self.model if self.width == RESNET_WIDTH else f"{self.model}-w{self.width}"
 
 
 @dataclass
@@ -122,7 +130,7 @@ class EvalResult:
 
 def build_model(cfg: EvalConfig, channels: int, num_classes: int, image_size: int) -> torch.nn.Module:
     if cfg.model == "resnet18":
-        return resnet18(channels, num_classes, image_size)
+        return ResNet(ResNetConfig(channels, num_classes, image_size, width=cfg.width))
     return ConvNet(ConvNetConfig(channels=channels, num_classes=num_classes, image_size=image_size, width=cfg.width))
 
 

@@ -105,7 +105,7 @@ def sample_grid(
         images, _ = decode_items(rep, plan, options, index)
         pixels = _as_rgb(to_uint8(images))  # [n, h, w, 3]
         pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
-        draw = plan.locate(index)
+        draw = plan.locate(index, epoch=options.epoch)
         for k in range(len(index)):
             r, col = divmod(start + k, columns)
             y, x = r * cell_h, col * cell_w
@@ -201,7 +201,7 @@ def export_samples(
         for start in range(0, len(plan), DECODE_BATCH):
             index = torch.arange(start, min(start + DECODE_BATCH, len(plan)))
             images, lab = decode_items(rep, plan, options, index)
-            draw = plan.locate(index)
+            draw = plan.locate(index, epoch=options.epoch)
             pixels = to_uint8(images)
             for k in range(index.shape[0]):
                 cls, slot = int(draw.cls[k]), int(draw.slot[k])

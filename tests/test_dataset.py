@@ -133,6 +133,25 @@ def test_prior_means_and_soft_labels(d3_file):
     assert soft_batch.shape == (5, 4)
 
 
+def test_fewer_samples_than_priors_take_turns_over_epochs(make_d3):
+    # n < L (or < 2L with means): epoch e starts where epoch e-1 stopped, so every prior is used.
+    path = make_d3("many.d3", num_classes=2, latents_per_class=5, soft=True, samples_per_class=2, z_dim=8, width=8)
+    seen, means = set(), set()
+    for epoch in range(5):  # 5 epochs x 2 items cover the 10 = 2 x 5 mean/draw turns of class 0
+        ds = D3Dataset(path, seed=1, include_means=True, labels="soft")
+        ds.set_epoch(epoch)
+        draw = ds.plan.locate(torch.arange(2), epoch=epoch)
+        for prior, is_mean in zip(draw.prior.tolist(), draw.is_mean.tolist()):
+            (means if is_mean else seen).add(prior)
+    assert means == set(range(5)) and seen == set(range(5))
+    rep = D3Dataset(path)._representation()
+    ds = D3Dataset(path, seed=1)  # no means: period L = 5; epoch 1 holds priors 2 and 3
+    ds.set_epoch(1)
+    eps = gaussian(1, 1, torch.tensor([0, 1]), rep.z_max)
+    want = (rep.decode(torch.tensor([0, 0]), torch.tensor([2, 3]), eps) + 1) / 2
+    torch.testing.assert_close(_stack(ds.__getitems__([0, 1]))[0], want, atol=ATOL, rtol=0)
+
+
 def test_options_are_validated(make_d3, d3_file):
     with pytest.raises(ConfigError, match="soft"):
         D3Dataset(make_d3("hard.d3", soft=False), labels="soft")

@@ -178,6 +178,17 @@ def test_hard_labels_and_resnet18(tmp_path, digits):
         evaluate_representation(hard_only, tx, ty, EvalConfig(labels="soft"))
 
 
+def test_narrow_resnet18_is_named_by_its_width():
+    from d3fmt.evaluate import build_model
+
+    assert EvalConfig(model="resnet18").width == 64 and EvalConfig().width == 128
+    narrow = EvalConfig(model="resnet18", width=8)
+    assert narrow.model_name == "resnet18-w8" and EvalConfig(model="resnet18").model_name == "resnet18"
+    net = build_model(narrow, 1, 10, 28)
+    assert net.stem[0].out_channels == 8 and net.classifier.in_features == 64
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_real_training_learns_digits(digits):
     src, tx, ty = digits
     x, y = src.load("train")

@@ -67,6 +67,7 @@ class Profile:
     name: str
     budgets: tuple[int, ...] = (1, 10, 50)
     width: int = 128  # ConvNet width: experts, distillation student, evaluation
+    resnet_width: int = 64  # ResNet-18's first-stage width (64: the standard model; 16: 16x fewer FLOPs)
     pack_per_class: int = 0  # 0: distil from all 6,000 training images per class; else a stratified subset
     experts: int = 10
     expert_epochs: int = 20
@@ -182,7 +183,8 @@ def get_d3(budget: int, profile: Profile, args, src: str, device) -> dict:
 
 
 def eval_config(profile: Profile, model: str, epochs: int, runs: int, args, device, **kw) -> EvalConfig:
-    return EvalConfig(model=model, epochs=epochs, runs=runs, width=profile.width, batch_size=profile.eval_batch,
+    width = profile.resnet_width if model == "resnet18" else profile.width
+    return EvalConfig(model=model, epochs=epochs, runs=runs, width=width, batch_size=profile.eval_batch,
                       seed=args.seed, device=str(device), **kw)
 
 
@@ -424,7 +426,7 @@ def main(argv=None) -> dict:
         subset = choose_random_subset(x, y, 10, cap, seed=args.seed)
         sx = subset.images(1)
         mean, std = pixel_mean_std(sx)
-        spc = max(subset.per_class, f["latents_per_class"])  # same SGD steps as the random subset
+        spc = subset.per_class  # same SGD steps as the random subset (the stream's priors take turns)
         resnet, epochs = per_budget(profile.resnet_epochs, budget), per_budget(profile.epochs, budget)
         jobs = [("d3", "convnet", epochs, profile.runs),
                 ("d3", "resnet18", resnet, profile.resnet_runs),

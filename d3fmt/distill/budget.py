@@ -3,13 +3,14 @@
 A budget of B images per class is ``B * K * C * H * W * 4`` bytes for the *whole* .d3
 file (priors, decoders, soft labels, header). The fitter picks, before any training:
 
-- ``latents_per_class`` L and ``z_dim``: L is two latents per image-per-class, between
-  ``MIN_LATENTS`` and ``MAX_DEFAULT_LATENTS``; z_dim starts at the reference 64 and shrinks
+- ``latents_per_class`` L and ``z_dim``: L is ``LATENTS_PER_IPC`` latents per image-per-class,
+  between ``MIN_LATENTS`` and ``MAX_DEFAULT_LATENTS``; z_dim starts at the reference 64 and shrinks
   (not below ``MIN_PREFERRED_Z`` while fewer latents would allow it), then L shrinks,
   until the priors take at most ``PRIOR_SHARE`` of the budget. Many latents of a moderate
   z_dim are what the autoencoder start (:mod:`d3fmt.distill.autoencoder`) turns into
   diverse samples: on Fashion-MNIST at budget 1, small decoder z 32 with L 5 gave 73.4%
-  against 66.8% for the former choice (large decoder, z 196, L 1; see
+  against 66.8% for the former choice (large decoder, z 196, L 1), and at budget 10, L 100
+  (z 32) gave 76.5% against 70.2% for L 20 (z 64), a smaller decoder included (see
   ``benchmarks/fmnist-ablation.md``);
 - the decoder family and its width k: the widest "small" decoder that fits what is left
   ("large" only when no small one fits);
@@ -41,13 +42,14 @@ import numpy as np
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.models.decoder import DecoderConfig, decoder_param_shapes
 
-PRIOR_SHARE = 0.30  # at most this share of the budget goes to latent means + log-variances
+PRIOR_SHARE = 0.45  # at most this share of the budget goes to latent means + log-variances
 MIN_F16_WIDTH = 48  # below this width, int8 decoder weights buy a wider decoder instead
 MIN_F32_WIDTH = 256  # float32 weights only once the decoder is this wide anyway
 MAX_WIDTH = 2048
-MAX_LATENTS = 100  # when the widest decoder leaves bytes unused, more latents fill them
-MIN_LATENTS = 5  # default L: 2 * images-per-class, clamped to [MIN_LATENTS, MAX_DEFAULT_LATENTS]
-MAX_DEFAULT_LATENTS = 20
+MAX_LATENTS = 500  # when the widest decoder leaves bytes unused, more latents fill them
+LATENTS_PER_IPC = 10  # default L: 10 * images-per-class, clamped to [MIN_LATENTS, MAX_DEFAULT_LATENTS]
+MIN_LATENTS = 5
+MAX_DEFAULT_LATENTS = 500
 MIN_PREFERRED_Z = 16  # fewer latents rather than a z_dim below this
 FILL = 0.90  # below this share of the budget, the fitter adds latents per class
 MIN_WIDTH = 4
@@ -199,7 +201,7 @@ def _lpc_default(req: BudgetRequest) -> int:
     if req.latents_per_class is not None:
         return req.latents_per_class
     ipc = req.ipc if req.ipc is not None else req.max_bytes / (req.num_classes * req.image_bytes_fp32)
-    return int(min(MAX_DEFAULT_LATENTS, max(MIN_LATENTS, round(2 * ipc))))
+    return int(min(MAX_DEFAULT_LATENTS, max(MIN_LATENTS, round(LATENTS_PER_IPC * ipc))))
 
 
 def _prior_bytes(req: BudgetRequest, z: int, lpc: int) -> int:
@@ -209,8 +211,9 @@ def _prior_bytes(req: BudgetRequest, z: int, lpc: int) -> int:
 def _candidates(req: BudgetRequest, target: int):
     """(family, z, L) in order of preference, each with priors under PRIOR_SHARE.
 
-    The most latents whose priors fit with a z_dim >= MIN_PREFERRED_Z; failing that, the
-    most latents that fit with any z_dim.
+    The most latents whose priors fit with a z_dim >= MIN_PREFERRED_Z first (largest z
+    first); then fewer latents, in case no decoder fits beside those priors; failing all
+    that, any z_dim.
     """
     families = [req.family] if req.family else ["small", "large"]
     for family in families:
@@ -221,20 +224,11 @@ def _candidates(req: BudgetRequest, target: int):
                 yield family, z, req.latents_per_class
             continue
         for min_z in (MIN_PREFERRED_Z, 1):
-            found = _most_latents(req, target, [z for z in options if z >= min_z] or options)
-            if found:
-                lpc, zs = found
-                for z in zs:
-                    yield family, z, lpc
-                break
-
-
-def _most_latents(req: BudgetRequest, target: int, options: list[int]) -> tuple[int, list[int]] | None:
-    for lpc in range(_lpc_default(req), 0, -1):
-        zs = [z for z in options if _prior_bytes(req, z, lpc) <= PRIOR_SHARE * target]
-        if zs:
-            return lpc, zs
-    return None
+            zs_allowed = [z for z in options if z >= min_z] or options
+            for lpc in range(_lpc_default(req), 0, -1):
+                for z in zs_allowed:
+                    if _prior_bytes(req, z, lpc) <= PRIOR_SHARE * target:
+                        yield family, z, lpc
 
 
 def _encodings(req: BudgetRequest) -> list[str]:
