@@ -332,7 +332,7 @@ def stored_lr(rep: Representation) -> float:
 
 
 def _protocol(cfg: EvalConfig, lr: float, data: str) -> str:
-    width = f" width={cfg.width}" if cfg.model == "convnet" else ""
+    width = f" width={cfg.width}"
     return (f"{data}; {cfg.model}{width} from scratch; dsa={cfg.dsa or 'none'}; sgd lr={lr:.4g} mom={cfg.momentum} "
             f"wd={cfg.weight_decay} bs={cfg.batch_size} lr/10@half; final model")
 

@@ -91,17 +91,19 @@ class Profile:
 
 FULL = Profile("full")
 
-# The CPU profile: two cores, no GPU. Measured there (2026-11-25): two width-32 experts of
-# 4 epochs on all 60,000 images ~5-9 min, the autoencoder stage 2.5-5 min per budget,
-# distillation ~3 s per iteration at B=1 and ~10-15 s at B=10 and 50 (100 synthetic samples
-# per inner step); evaluation ~0.06 s per epoch at B=1, ~0.4 s at B=10, ~4 s at B=50
-# (ConvNet-32, decoding included); ResNet-18 ~17 s per training batch and ~1 min per pass
-# over the 10,000 test images. This profile takes about 50 minutes there.
+# The CPU profile: two cores, no GPU. The distiller stops after its autoencoder stage
+# (iterations 0): at the lengths a CPU allows, trajectory matching + MMD lowered accuracy
+# (benchmarks/fmnist-ablation.md), and without iterations no trajectory experts are trained
+# (`experts` and `expert_epochs` then only size the soft-label expert: 20 epochs on the
+# first 100 images of each class). ResNet-18 is the narrow width-16 variant (16x fewer
+# FLOPs than the standard width 64: ~0.3 s per batch of 256 here) for half the ConvNet's
+# epochs. Measured there (2026-12-02): the autoencoder stage ~3-6 min per budget,
+# evaluation ~0.06 s per ConvNet epoch at B=1, ~0.4 s at B=10, ~4 s at B=50.
 REDUCED = Profile(
-    "reduced", width=32, pack_per_class=0, experts=2, expert_epochs=4, iterations={1: 30, 10: 10, 50: 10},
-    syn_steps=10, batch_syn=100, mmd_samples=8, mmd_real=16, epochs={1: 1000, 10: 300, 50: 40}, runs=2,
-    resnet_epochs={1: 0, 10: 3, 50: 0}, resnet_runs=1, random_resnet=False, full_epochs=5, full_runs=1,
-    full_resnet=False,
+    "reduced", width=32, resnet_width=16, pack_per_class=0, experts=1, expert_epochs=20,
+    iterations={1: 0, 10: 0, 50: 0}, syn_steps=10, batch_syn=100, mmd_samples=8, mmd_real=16,
+    epochs={1: 1000, 10: 300, 50: 40}, runs=2, resnet_epochs={1: 500, 10: 150, 50: 20}, resnet_runs=1,
+    random_resnet=True, full_epochs=5, full_runs=1, full_resnet=False,
 )
 
 
@@ -275,17 +277,17 @@ def verdicts(report: dict) -> list[str]:
 
 
 REDUCED_NOTES = [
-    ("This is the reduced CPU profile (2 cores, no GPU): after the autoencoder stage (1,500 steps) the "
-     "distiller ran 10-30 iterations (reference: 8,000-10,000) against 2 experts of 4 epochs (reference: "
-     "100 experts), with a ConvNet of width 32 (reference 128). At these lengths the D3 files are essentially "
-     "the autoencoder's decoder and priors (benchmarks/fmnist-ablation.md): blurry samples, which is what "
-     "limits budgets 10 and 50, where the random subset holds 61 and 310 sharp real images per class."),
-    ("Evaluation: 1000 / 300 / 40 epochs at budgets 1 / 10 / 50 with as many samples per class and epoch as "
-     "the random subset has images, i.e. the same SGD steps for both (1,000 / 900 / 520 batches of 256). "
-     "ResNet-18 (17 s per batch of 256 on this CPU) gets 3 epochs and one run (chance-level accuracy is "
-     "expected after so few steps: BatchNorm statistics have not settled), so its number is a smoke test."),
-    ("The targets (80/89/91%) are for the full profile on a GPU: "
-     "`python tools/bench_accuracy.py --device cuda`."),
+    ("This is the reduced CPU profile (2 cores, no GPU). The D3 files hold the autoencoder stage's decoder "
+     "and priors (1,500 steps, then k-means priors; `d3 pack --iterations 0`): no trajectory matching or MMD "
+     "ran, because at the lengths a CPU allows they lowered accuracy (benchmarks/fmnist-ablation.md). "
+     "The decoded samples are smooth reconstructions, not sharp photos: that is what limits budgets 10 and "
+     "50, where the random subset holds 61 and 310 sharp real images per class."),
+    ("Evaluation: 1000 / 300 / 40 ConvNet-32 epochs at budgets 1 / 10 / 50 with as many samples per class "
+     "and epoch as the random subset has images, i.e. the same SGD steps for both (1,000 / 900 / 520 "
+     "batches of 256); the D3 stream's priors take turns over the epochs. ResNet-18 is the narrow "
+     "width-16 variant (resnet18-w16) for half those epochs, one run."),
+    ("The targets (80/89/91%) are for the full profile on a GPU (ConvNet-128, 5,000 distillation "
+     "iterations, 500 evaluation epochs): `python tools/bench_accuracy.py --device cuda`."),
 ]
 
 
