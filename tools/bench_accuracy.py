@@ -78,6 +78,7 @@ class Profile:
     mmd_real: int = 32
     warmup: float = 0.9  # share of iterations trained by MMD alone first (the `d3 pack` default)
     pretrain_steps: int = 1500  # autoencoder stage (the `d3 pack` default); 0 = method.md's random start
+    soft_labels: bool = True  # store per-prior soft labels (and train the all-class teacher) or hard labels only
     epochs: dict = field(default_factory=lambda: {1: 500, 10: 500, 50: 500})  # ConvNet evaluation epochs per budget
     runs: int = 3
     resnet_epochs: dict = field(default_factory=lambda: {1: 300, 10: 300, 50: 300})  # 0: no ResNet row
@@ -91,19 +92,18 @@ class Profile:
 
 FULL = Profile("full")
 
-# The CPU profile: two cores, no GPU. The distiller stops after its autoencoder stage
-# (iterations 0): at the lengths a CPU allows, trajectory matching + MMD lowered accuracy
-# (benchmarks/fmnist-ablation.md), and without iterations no trajectory experts are trained
-# (`experts` and `expert_epochs` then only size the soft-label expert: 20 epochs on the
-# first 100 images of each class). ResNet-18 is the narrow width-16 variant (16x fewer
-# FLOPs than the standard width 64: ~0.3 s per batch of 256 here) for half the ConvNet's
-# epochs. Measured there (2026-12-02): the autoencoder stage ~3-6 min per budget,
-# evaluation ~0.06 s per ConvNet epoch at B=1, ~0.4 s at B=10, ~4 s at B=50.
+# The CPU profile: two cores, no GPU. After the autoencoder stage, 300 distillation
+# iterations (297 MMD-only, then 3 with trajectory matching) against one expert of 3 epochs;
+# hard labels (per-prior soft labels never helped here: benchmarks/fmnist-ablation.md).
+# ResNet-18 is the narrow width-16 variant (16x fewer FLOPs than the standard width 64:
+# ~0.3 s per batch of 256 here). Measured there (2026-12-02): the expert ~2 min, the
+# autoencoder stage ~3-6 min and the 300 iterations ~3-5 min per budget; evaluation
+# ~0.06 s per ConvNet epoch at B=1, ~0.4 s at B=10, ~4 s at B=50.
 REDUCED = Profile(
-    "reduced", width=32, resnet_width=16, pack_per_class=0, experts=1, expert_epochs=20,
-    iterations={1: 0, 10: 0, 50: 0}, syn_steps=10, batch_syn=100, mmd_samples=8, mmd_real=16,
-    epochs={1: 1000, 10: 300, 50: 40}, runs=2, resnet_epochs={1: 500, 10: 150, 50: 20}, resnet_runs=1,
-    random_resnet=True, full_epochs=5, full_runs=1, full_resnet=False,
+    "reduced", width=32, resnet_width=16, pack_per_class=0, experts=1, expert_epochs=3,
+    iterations={1: 300, 10: 300, 50: 300}, syn_steps=10, batch_syn=100, mmd_samples=8, mmd_real=16, warmup=0.99,
+    soft_labels=False, epochs={1: 1000, 10: 300, 50: 40}, runs=2, resnet_epochs={1: 300, 10: 100, 50: 15},
+    resnet_runs=1, random_resnet=True, full_epochs=5, full_runs=1, full_resnet=False,
 )
 
 
@@ -163,6 +163,7 @@ def get_d3(budget: int, profile: Profile, args, src: str, device) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         cfg = PackConfig(
             source=src, output=str(path), budget=float(budget), seed=args.seed, device=str(device),
+            soft_labels=profile.soft_labels,
             work_dir=str(Path(args.work_dir) / "cache"), quiet=True, evaluation=None,
             experts=ExpertConfig(num_experts=profile.experts, epochs=profile.expert_epochs, width=profile.width,
                                  seed=args.seed),
@@ -277,15 +278,18 @@ def verdicts(report: dict) -> list[str]:
 
 
 REDUCED_NOTES = [
-    ("This is the reduced CPU profile (2 cores, no GPU). The D3 files hold the autoencoder stage's decoder "
-     "and priors (1,500 steps, then k-means priors; `d3 pack --iterations 0`): no trajectory matching or MMD "
-     "ran, because at the lengths a CPU allows they lowered accuracy (benchmarks/fmnist-ablation.md). "
-     "The decoded samples are smooth reconstructions, not sharp photos: that is what limits budgets 10 and "
-     "50, where the random subset holds 61 and 310 sharp real images per class."),
+    ("This is the reduced CPU profile (2 cores, no GPU): after the autoencoder stage (1,500 steps, then "
+     "k-means priors) the distiller ran 300 iterations (297 MMD-only, 3 with trajectory matching; reference: "
+     "8,000-10,000 with trajectory matching throughout) against one expert of 3 epochs (reference: 100 "
+     "experts), with a ConvNet of width 32 (reference 128). The decoded samples are smooth reconstructions, "
+     "not sharp photos: that is what limits budgets 10 and 50, where the random subset holds 61 and 310 "
+     "sharp real images per class."),
+    ("Hard labels: the files store no soft labels (`d3 pack --hard-labels`); per-prior soft labels scored "
+     "at best equal and up to 7 points lower (benchmarks/fmnist-ablation.md)."),
     ("Evaluation: 1000 / 300 / 40 ConvNet-32 epochs at budgets 1 / 10 / 50 with as many samples per class "
      "and epoch as the random subset has images, i.e. the same SGD steps for both (1,000 / 900 / 520 "
      "batches of 256); the D3 stream's priors take turns over the epochs. ResNet-18 is the narrow "
-     "width-16 variant (resnet18-w16) for half those epochs, one run."),
+     "width-16 variant (resnet18-w16) for 300 / 100 / 15 epochs, one run."),
     ("The targets (80/89/91%) are for the full profile on a GPU (ConvNet-128, 5,000 distillation "
      "iterations, 500 evaluation epochs): `python tools/bench_accuracy.py --device cuda`."),
 ]

@@ -180,11 +180,10 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, g: torch.Generator) ->
     centres = points[torch.randperm(n, generator=g)[: min(k, n)]].clone()  # [k', d]
     assign = torch.zeros(n, dtype=torch.long)
     for _ in range(iterations + 1):
-        assign = torch.cdist(points, centres).argmin(1)
-        for j in range(centres.shape[0]):
-            members = assign == j
-            if bool(members.any()):
-                centres[j] = points[members].mean(0)
+        assign = torch.cdist(points, centres).argmin(1)  # [n]
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)  # [k', d]
+        counts = torch.bincount(assign, minlength=centres.shape[0])[:, None]  # [k', 1]
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)  # empty groups keep their centre
     return assign
 
 

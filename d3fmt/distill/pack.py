@@ -52,6 +52,7 @@ from d3fmt.sources import open_source
 
 EVAL_RESERVE = 384  # header bytes kept free for evaluation records added later
 STATS_PER_CLASS = 64  # images per class behind the stored normalisation (mean, std)
+MIN_STREAM_PER_CLASS = 50  # the default stream's samples per class and epoch, at least
 LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
 
 
@@ -208,6 +209,12 @@ def subtask_entry(i: int, classes: list[int], plan: BudgetPlan, soft: bool) -> d
             "decoder": dec, "tensors": tensors}
 
 
+def default_stream_size(latents_per_class: int) -> int:
+    """Samples per class and epoch a file offers by default: one turn of the stream (every
+    prior mean once, then every prior drawn once), at least ``MIN_STREAM_PER_CLASS``."""
+    return max(MIN_STREAM_PER_CLASS, 2 * latents_per_class)
+
+
 def make_header(info, parts, plan, ipc, max_bytes, mean, std, cfg: PackConfig, lr: float) -> dict:
     soft = cfg.soft_labels
     return {
@@ -216,7 +223,7 @@ def make_header(info, parts, plan, ipc, max_bytes, mean, std, cfg: PackConfig, l
         "class_names": list(info.class_names),
         "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         "labels": "soft" if soft else "hard",
-        "samples_per_class": cfg.samples_per_class or max(10, 10 * plan.latents_per_class),
+        "samples_per_class": cfg.samples_per_class or default_stream_size(plan.latents_per_class),
         "train": {"lr": float(lr)},
         "subtasks": [subtask_entry(i, p, plan, soft) for i, p in enumerate(parts)],
         "budget": {**budget_fields(ipc, info.num_classes, info.image_shape, 0), "max_bytes": max_bytes,
