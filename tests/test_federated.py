@@ -28,7 +28,8 @@ from d3fmt.sources.base import Source
 from d3fmt.sources.synthetic import make_shapes_folder
 
 TINY = ["--iterations", "3", "--experts", "1", "--expert-epochs", "3", "--syn-steps", "2", "--match-epochs", "1",
-        "--convnet-width", "16", "--eval-epochs", "2", "--pretrain-steps", "10", "--device", "cpu", "-q"]
+        "--convnet-width", "16", "--eval-epochs", "2", "--pretrain-steps", "10", "--device", "cpu", "-q",
+        "--soft-labels"]  # the merge's all-class soft labels are part of what these tests check
 DIGITS = ["digits", "--budget", "10", "--subtasks", "3", "--no-eval", *TINY]
 TORCHRUN_TIMEOUT_S = 240
 
@@ -221,7 +222,7 @@ def test_hard_label_parts_merge_without_the_source(tmp_path):
     from d3fmt.sources.synthetic import make_npz
 
     make_npz(npz, num_classes=4, per_class=8, image_size=8, test_per_class=2)
-    args = ["pack", npz, "--budget", "20", "--subtasks", "2", "--hard-labels", "--no-eval", *TINY]
+    args = ["pack", npz, "--budget", "20", "--subtasks", "2", "--no-eval", *TINY, "--hard-labels"]
     for i in range(2):
         cli(*args, "--subtask", i, "-o", tmp_path / f"p{i}.d3", "--work-dir", tmp_path / "w")
     npz.unlink()  # the source is gone: hard labels and no evaluation do not need it

@@ -75,7 +75,7 @@ class PackConfig:
     devices: list[str] | None = None  # one worker process per device; None: one per GPU when several
     work_dir: str = ".d3cache"
     resume: bool = False
-    soft_labels: bool = True
+    soft_labels: bool = False  # per-prior soft labels from an all-class teacher (`--soft-labels`)
     label_sample: int = 100  # real images per class (the first ones) the soft-label expert trains on
     samples_per_class: int | None = None  # default stream size stored in the file
     # budget overrides (None = the fitter chooses)
