@@ -114,7 +114,7 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
 @click.option("--subtasks", default=1, show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
 @click.option("--subtask", type=int, help="Distil only this subtask (0..S-1) into a partial file for `d3 merge` (job arrays).")
-@click.option("--label-sample", default=100, show_default=True, help="Real images per class (the first ones) the all-class soft-label expert trains on.")
+@click.option("--label-sample", default=100, show_default=True, help="With --soft-labels: real images per class (the first ones) the all-class soft-label expert trains on.")
 @click.option("--preset", type=click.Choice(["auto", "fast", "standard", "reference"]), default="auto",
               show_default=True, help="Bundle of the settings below: fast (CPU, minutes), standard (GPU), "
               "reference (method.md); auto = standard on CUDA, fast on CPU. Options given explicitly win.")

@@ -374,6 +374,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--reduced", action="store_true", help="the CPU profile (REDUCED in this file)")
     ap.add_argument("--budgets", help="comma-separated budgets [the profile's: 1,10,50]")
     ap.add_argument("--runs", type=int, help="ConvNet runs per row [profile]")
+    ap.add_argument("--iterations", type=int, help="distillation iterations at every budget [profile]")
     ap.add_argument("--no-resnet", action="store_true", help="skip every ResNet-18 row")
     ap.add_argument("--d3-dir", help="reuse DIR/fmnist-b{B}.d3 instead of packing when present")
     ap.add_argument("--work-dir", default=".d3cache/bench_accuracy", help="packed files, expert cache, subsets")
@@ -393,6 +394,8 @@ def main(argv=None) -> dict:
         profile.budgets = tuple(int(b) for b in args.budgets.split(","))
     if args.runs:
         profile.runs = profile.full_runs = args.runs
+    if args.iterations is not None:
+        profile.iterations = {b: args.iterations for b in profile.budgets}
     if args.no_resnet:
         profile.resnet_runs = 0
         profile.random_resnet = profile.full_resnet = False
