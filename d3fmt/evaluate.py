@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from d3fmt.augment import REFERENCE_STRATEGY, DSAParams, dsa
 from d3fmt.errors import ConfigError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
+from d3fmt.models.resnet import STANDARD_WIDTH as RESNET_WIDTH
 from d3fmt.models.resnet import ResNet, ResNetConfig
 from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
-RESNET_WIDTH = 64  # ResNet-18's standard first-stage width (the --width default for --model resnet18)
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
 

@@ -50,6 +50,8 @@ def test_pack_digits_writes_a_valid_file_within_budget(tmp_path):
     image, label = ds[0]
     assert image.shape == (1, 8, 8) and 0 <= float(image.min()) and float(image.max()) <= 1
     assert len(ds) == 10 * h["samples_per_class"]
+    # the default stream is one turn over the priors (each mean, then each draw), at least 50
+    assert h["samples_per_class"] == max(50, 2 * h["subtasks"][0]["latents_per_class"])
 
 
 def test_pack_with_zero_iterations_keeps_the_autoencoder_result_and_trains_no_experts(tmp_path):

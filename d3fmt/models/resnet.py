@@ -18,6 +18,7 @@ import torch.nn as nn
 from d3fmt.errors import ConfigError
 
 SMALL_STEM_MAX_SIDE = 64
+STANDARD_WIDTH = 64  # ResNet-18's first-stage width; narrower ones (e.g. 16) suit a CPU
 
 
 @dataclass
@@ -25,7 +26,7 @@ class ResNetConfig:
     channels: int  # input image channels C
     num_classes: int
     image_size: int  # input side H == W
-    width: int = 64  # channels of the first stage; stages use width * (1, 2, 4, 8)
+    width: int = STANDARD_WIDTH  # channels of the first stage; stages use width * (1, 2, 4, 8)
     blocks: tuple[int, ...] = (2, 2, 2, 2)  # ResNet-18
 
     def __post_init__(self):
