@@ -54,6 +54,7 @@ from d3fmt.evaluate import (
     pixel_mean_std,
 )
 from d3fmt.format import D3Reader, budget_bytes
+from d3fmt.models.resnet import STANDARD_WIDTH
 from d3fmt.sources import open_source
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -67,7 +68,7 @@ class Profile:
     name: str
     budgets: tuple[int, ...] = (1, 10, 50)
     width: int = 128  # ConvNet width: experts, distillation student, evaluation
-    resnet_width: int = 64  # ResNet-18's first-stage width (64: the standard model; 16: 16x fewer FLOPs)
+    resnet_width: int = STANDARD_WIDTH  # ResNet-18's first-stage width (the standard 64; 16: 16x fewer FLOPs)
     pack_per_class: int = 0  # 0: distil from all 6,000 training images per class; else a stratified subset
     experts: int = 10
     expert_epochs: int = 20
