@@ -12,7 +12,10 @@ import sys
 import click
 
 from d3fmt import __version__
-from d3fmt.errors import ConfigError, D3Error
+from d3fmt.distill.presets import DEFAULTS as D
+from d3fmt.distill.presets import NAMES as PRESET_NAMES
+from d3fmt.distill.presets import preset_values
+from d3fmt.errors import D3Error
 
 
 class _Group(click.Group):
@@ -109,55 +112,51 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--budget", type=float, help="Images per class: the file is at most B*K*C*H*W*4 bytes.")
 @click.option("--max-bytes", type=int, help="An explicit byte cap for the whole file (instead of --budget).")
 @click.option("--image-size", type=int, help="Resize images to this square side [default: the source's].")
-@click.option("--test", "test_src", help="A separate held-out source for the final evaluation.")
+@click.option("--test", help="A separate held-out source for the final evaluation.")
 @click.option("--holdout", type=float, help="Fraction held out for evaluation when SRC has no test split [0.2].")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
-@click.option("--subtasks", default=1, show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
+@click.option("--subtasks", default=D["subtasks"], show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
 @click.option("--subtask", type=int, help="Distil only this subtask (0..S-1) into a partial file for `d3 merge` (job arrays).")
-@click.option("--label-sample", default=100, show_default=True, help="With --soft-labels: real images per class (the first ones) the all-class soft-label expert trains on.")
-@click.option("--preset", type=click.Choice(["auto", "fast", "standard", "reference"]), default="auto",
+@click.option("--label-sample", default=D["label_sample"], show_default=True, help="With --soft-labels: real images per class (the first ones) the all-class soft-label expert trains on.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=D["preset"],
               show_default=True, help="Bundle of the settings below: fast (CPU, minutes), standard (GPU), "
               "reference (method.md); auto = standard on CUDA, fast on CPU. Options given explicitly win.")
-@click.option("--iterations", type=int, help="Distillation iterations per subtask [fast 300, standard 2000, reference 8000].")
-@click.option("--experts", "num_experts", type=int, help="Expert ConvNets per subtask [fast 5, standard 20, reference 100].")
-@click.option("--expert-epochs", type=int, help="Epochs each expert trains; every epoch is kept [fast 20, standard 30, reference 50].")
-@click.option("--syn-steps", type=int, help="Unrolled student steps per iteration [10].")
-@click.option("--match-epochs", default=2, show_default=True, help="Expert epochs the student must cover (M).")
-@click.option("--max-start-epoch", default=0, show_default=True, help="Latest start epoch on the trajectory [0: as late as possible].")
-@click.option("--mmd-weight", default=1.0, show_default=True, help="Weight of the MMD loss.")
-@click.option("--warmup", type=float, default=0.9, show_default=True,
+@click.option("--iterations", type=int, help=f"Distillation iterations per subtask [{preset_values('iterations')}].")
+@click.option("--experts", "num_experts", type=int, help=f"Expert ConvNets per subtask [{preset_values('num_experts')}].")
+@click.option("--expert-epochs", type=int, help=f"Epochs each expert trains; every epoch is kept [{preset_values('expert_epochs')}].")
+@click.option("--syn-steps", type=int, help=f"Unrolled student steps per iteration [{preset_values('syn_steps')}].")
+@click.option("--match-epochs", default=D["match_epochs"], show_default=True, help="Expert epochs the student must cover (M).")
+@click.option("--max-start-epoch", default=D["max_start_epoch"], show_default=True, help="Latest start epoch on the trajectory [0: as late as possible].")
+@click.option("--mmd-weight", default=D["mmd_weight"], show_default=True, help="Weight of the MMD loss.")
+@click.option("--warmup", type=float, default=D["warmup"], show_default=True,
               help="Share of the iterations that first train by MMD alone (student lr frozen); trajectory "
               "matching + MMD run for the rest. From a random start (--pretrain-steps 0) trajectory matching "
               "degraded short runs (digits: warm-up 0.2 -> 37%, 0.9 -> 70%), hence the high default.")
-@click.option("--pretrain-steps", default=1500, show_default=True,
+@click.option("--pretrain-steps", default=D["pretrain_steps"], show_default=True,
               help="Steps of the autoencoder stage: the decoder first learns to draw the real images (a VAE "
               "whose encoder is not stored) and each class's priors start on its encoded images (k-means). "
               "Distillation then fine-tunes from there. 0 = method.md's random start. Measured (digits, "
               "budget 10): 70% from a random start, 99% from this stage alone (--iterations 0).")
-@click.option("--convnet-width", type=int, help="Width of the expert, student and evaluation ConvNets [fast 32, else 128].")
+@click.option("--convnet-width", type=int, help=f"Width of the expert, student and evaluation ConvNets [{preset_values('convnet_width')}].")
 @click.option("--decoder", "family", type=click.Choice(["small", "medium", "large"]), help="Decoder family [fitter's choice].")
 @click.option("--z-dim", type=int, help="Latent size [fitter's choice].")
-@click.option("--latents", type=int, help="Latent priors per class [fitter's choice].")
+@click.option("--latents", "latents_per_class", type=int, help="Latent priors per class [fitter's choice].")
 @click.option("--decoder-width", type=int, help="Decoder base width [fitter's choice: the widest that fits].")
 @click.option("--encoding", type=click.Choice(["float32", "float16", "int8"]), help="Decoder weight encoding [fitter's choice].")
-@click.option("--soft-labels/--hard-labels", default=False, show_default=True,
+@click.option("--soft-labels/--hard-labels", default=D["soft_labels"], show_default=True,
               help="Also store one soft-label vector per prior (an all-class teacher's softmax on the decoded "
                    "prior mean) and train with it. Measured on Fashion-MNIST, budget 10: never better than hard "
                    "labels, and 7 points worse with a weak teacher (benchmarks/fmnist-ablation.md), hence off.")
-@click.option("--no-eval", is_flag=True, help="Skip the final evaluation on the held-out real split.")
-@click.option("--eval-epochs", type=int, help="Epochs of the final evaluation training [fast 300, else 1000].")
-@click.option("--eval-runs", default=1, show_default=True, help="Independent evaluation runs (mean and std recorded).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", default=0, show_default=True, help="Seed of everything random.")
-@click.option("--work-dir", default=".d3cache", show_default=True, type=click.Path(file_okay=False), help="Expert cache and checkpoints.")
-@click.option("--checkpoint-every", default=50, show_default=True, help="Iterations between checkpoints.")
+@click.option("--no-eval", "evaluate", flag_value=False, default=D["evaluate"], help="Skip the final evaluation on the held-out real split.")
+@click.option("--eval-epochs", type=int, help=f"Epochs of the final evaluation training [{preset_values('eval_epochs')}].")
+@click.option("--eval-runs", default=D["eval_runs"], show_default=True, help="Independent evaluation runs (mean and std recorded).")
+@click.option("--device", default=D["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=D["seed"], show_default=True, help="Seed of everything random.")
+@click.option("--work-dir", default=D["work_dir"], show_default=True, type=click.Path(file_okay=False), help="Expert cache and checkpoints.")
+@click.option("--checkpoint-every", default=D["checkpoint_every"], show_default=True, help="Iterations between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip_bad, subtasks, subtask, label_sample,
-             preset, iterations,
-             num_experts, expert_epochs, syn_steps, match_epochs, max_start_epoch, mmd_weight, warmup, pretrain_steps,
-             convnet_width, family, z_dim, latents, decoder_width, encoding, soft_labels, no_eval, eval_epochs, eval_runs,
-             device, seed, work_dir, checkpoint_every, resume, quiet):
+def pack_cmd(src, output, **settings):
     """Distil the labelled images of SRC into a .d3 file that fits the budget.
 
     \b
@@ -182,44 +181,17 @@ def pack_cmd(src, output, budget, max_bytes, image_size, test_src, holdout, skip
     d3fmt pack ...` the ranks share them and rank 0 writes the file; with --subtask i
     (a job array) only subtask i is written, as a part for `d3 merge`.
     """
-    from d3fmt.augment import DSAParams
-    from d3fmt.distill.autoencoder import AutoencoderConfig
-    from d3fmt.distill.experts import ExpertConfig
-    from d3fmt.distill.pack import PackConfig, pack, resolve_device
-    from d3fmt.distill.presets import resolve_preset
-    from d3fmt.distill.trainer import DistillConfig
-    from d3fmt.evaluate import EvalConfig
+    from d3fmt.distill.launch import pack
+    from d3fmt.distill.settings import pack_config
 
-    if not 0 <= warmup < 1:
-        raise ConfigError(f"--warmup is a share of the iterations in [0, 1), got {warmup}")
-    p = resolve_preset(preset, resolve_device(device).type == "cuda", {
-        "convnet_width": convnet_width, "num_experts": num_experts, "expert_epochs": expert_epochs,
-        "iterations": iterations, "syn_steps": syn_steps, "eval_epochs": eval_epochs})
-    convnet_width, num_experts, expert_epochs = p["convnet_width"], p["num_experts"], p["expert_epochs"]
-    iterations, syn_steps, eval_epochs = p["iterations"], p["syn_steps"], p["eval_epochs"]
-
-    cfg = PackConfig(
-        source=src, output=output, budget=budget, max_bytes=max_bytes, image_size=image_size, test=test_src,
-        holdout=holdout, skip_bad=skip_bad, subtasks=subtasks, subtask=subtask, label_sample=label_sample,
-        seed=seed, device=device, work_dir=work_dir,
-        resume=resume, soft_labels=soft_labels, family=family, z_dim=z_dim, latents_per_class=latents,
-        decoder_width=decoder_width, encoding=encoding, quiet=quiet,
-        experts=ExpertConfig(num_experts=num_experts, epochs=expert_epochs, width=convnet_width, seed=seed),
-        distill=DistillConfig(iterations=iterations, syn_steps=syn_steps, expert_epochs=match_epochs,
-                              max_start_epoch=max_start_epoch, mmd_weight=mmd_weight, seed=seed,
-                              warmup=round(warmup * iterations),
-                              autoencoder=AutoencoderConfig(steps=pretrain_steps),
-                              checkpoint_every=checkpoint_every, dsa=DSAParams()),
-        evaluation=None if no_eval else EvalConfig(epochs=eval_epochs, runs=eval_runs, width=convnet_width,
-                                                   seed=seed),
-    )
+    cfg = pack_config(src, output, **settings)
     result = pack(cfg)
     if result.path is None:  # a torchrun rank other than 0
         click.echo(f"sent subtasks {result.subtasks} ({result.file_bytes} bytes) to rank 0, which writes {output}",
                    err=True)
         return
     if result.partial:
-        click.echo(f"wrote part {result.path} (subtask {subtask} of {subtasks}): {result.file_bytes} bytes; "
+        click.echo(f"wrote part {result.path} (subtask {cfg.subtask} of {cfg.subtasks}): {result.file_bytes} bytes; "
                    f"merge all parts with `d3 merge PARTS... -o OUT --source SRC`")
         return
     click.echo(f"wrote {result.path}: {result.file_bytes} bytes = {result.file_bytes / result.max_bytes:.1%} "
@@ -258,7 +230,7 @@ def _eval_options(fn):
 
 
 def _eval_config(model, epochs, runs, lr, batch_size, width, dsa, seed, device, **extra):
-    from d3fmt.distill.pack import resolve_device
+    from d3fmt.device import resolve_device
     from d3fmt.evaluate import EvalConfig
 
     cfg = EvalConfig(model=model, epochs=epochs, runs=runs, lr=lr, batch_size=batch_size, width=width,

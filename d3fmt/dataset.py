@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from d3fmt.errors import ConfigError
 from d3fmt.noise import gaussian
 from d3fmt.representation import Representation, normalize, tanh_to_unit
+from d3fmt.seeds import mix_seed
 
 CLASS_STRIDE = 1 << 24  # noise index = class * CLASS_STRIDE + slot
 LABEL_MODES = ("hard", "soft")
@@ -299,7 +300,7 @@ class D3Stream(IterableDataset):
         n = self.num_samples
         if not self.shuffle:
             return torch.arange(n, device=self.device)
-        gen = torch.Generator().manual_seed((self.options.seed * 1_000_003 + self.options.epoch) % (1 << 63))
+        gen = torch.Generator().manual_seed(mix_seed(self.options.seed, self.options.epoch))
         return torch.randperm(n, generator=gen).to(self.device)
 
     def batch(self, index: torch.Tensor):

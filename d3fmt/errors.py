@@ -3,7 +3,11 @@
 Every error a user can cause (a bad file, a bad source, an impossible budget, a bad
 option) is raised as a subclass of :class:`D3Error` whose message is a single line that
 names the problem and, where there is one, the fix. The CLI turns these into a clean
-``Error: ...`` line and a non-zero exit code; anything else is a bug.
+``Error: ...`` line and the class's :attr:`~D3Error.exit_code` (in one place,
+``d3fmt.cli``); anything else is a bug. Exit codes: 1 any other D3Error, 2 a bad option
+(as click's own usage errors), 3 a malformed file, 4 a bad source, 5 an impossible
+budget, 6 parts that do not merge, 7 a file that cannot be read or written, 8 training
+that failed; 130 an interrupt.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from __future__ import annotations
 class D3Error(Exception):
     """Base class of every error d3fmt raises on purpose."""
 
+    exit_code = 1  # the `d3` command's exit status for this class of error
+
 
 class FormatError(D3Error):
     """A .d3 file is malformed: truncated, inconsistent, or not a .d3 file at all."""
+
+    exit_code = 3
 
 
 class IntegrityError(FormatError):
@@ -32,17 +40,37 @@ class LimitError(FormatError):
 class SourceError(D3Error):
     """A dataset source is missing, unreadable, or holds corrupt images."""
 
+    exit_code = 4
+
 
 class BudgetError(D3Error):
     """No distiller configuration fits the requested byte budget."""
+
+    exit_code = 5
 
 
 class MergeError(D3Error):
     """Partial containers do not belong together and cannot be merged."""
 
+    exit_code = 6
+
 
 class ConfigError(D3Error):
     """An option or combination of options is invalid."""
+
+    exit_code = 2
+
+
+class D3IOError(D3Error):
+    """A file cannot be written, or a cache / checkpoint file cannot be read back."""
+
+    exit_code = 7
+
+
+class TrainingError(D3Error):
+    """Training failed: a loss diverged, or the device ran out of memory."""
+
+    exit_code = 8
 
 
 __all__ = [
@@ -55,4 +83,6 @@ __all__ = [
     "BudgetError",
     "MergeError",
     "ConfigError",
+    "D3IOError",
+    "TrainingError",
 ]

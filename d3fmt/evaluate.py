@@ -231,8 +231,9 @@ def real_epochs(x_uint8: np.ndarray, y: np.ndarray, mean, std, device) -> Callab
 
 def pixel_mean_std(x_uint8: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean / std in [0, 1] units of uint8 images [N, C, H, W]."""
-    flat = x_uint8.transpose(1, 0, 2, 3).reshape(x_uint8.shape[1], -1).astype(np.float64) / 255.0  # [C, N*H*W]
-    return flat.mean(1).tolist(), np.maximum(flat.std(1), 1e-3).tolist()
+    from d3fmt.sources.stats import array_stats
+
+    return array_stats(x_uint8)
 
 
 # ---------------------------------------------------------------------------------------

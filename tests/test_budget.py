@@ -7,7 +7,9 @@ import re
 import pytest
 
 from d3fmt.distill.budget import BudgetRequest, fit_budget, gaussian_ratios, section_bytes
-from d3fmt.distill.pack import PackConfig, dummy_results, make_header, partition_classes, tensors_of
+from d3fmt.distill.assemble import dummy_results, make_header, measure_plan, tensors_of
+from d3fmt.distill.job import partition_classes
+from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.format import D3Container, D3Reader, write_d3
 from d3fmt.sources.base import SourceInfo
@@ -35,8 +37,6 @@ def _fit_and_write(tmp_path, k, shape, ipc, subtasks, **overrides):
     max_bytes = int(ipc * k * shape[0] * shape[1] * shape[2] * 4)
     ones = [0.5] * shape[0]
     header_of = lambda p: make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)  # noqa: E731
-    from d3fmt.distill.pack import measure_plan
-
     req = BudgetRequest(num_classes=k, image_shape=shape, max_bytes=max_bytes, subtask_classes=[len(p) for p in parts],
                         ipc=ipc, reserve=384, ratios=gaussian_ratios(), **overrides)
     plan = fit_budget(req, measure=lambda p: measure_plan(header_of, p))

@@ -18,10 +18,11 @@ from click.testing import CliRunner
 
 import d3fmt
 from d3fmt.cli import main
-from d3fmt.distill import pack as pack_module
-from d3fmt.distill.federated import assign
+from d3fmt.distill import launch as pack_module
+from d3fmt.distill.launch import assign
 from d3fmt.distill.merge import MergeConfig, merge
-from d3fmt.distill.pack import derive_seed, pack
+from d3fmt.distill.launch import pack
+from d3fmt.seeds import derive_seed
 from d3fmt.errors import MergeError
 from d3fmt.format import read_d3, write_d3
 from d3fmt.sources.base import Source

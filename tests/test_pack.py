@@ -12,7 +12,10 @@ from d3fmt.cli import main
 from d3fmt.distill import trainer
 from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
-from d3fmt.distill.pack import PackConfig, fit_to_cap, pack, partition_classes
+from d3fmt.distill.assemble import fit_to_cap
+from d3fmt.distill.job import partition_classes
+from d3fmt.distill.launch import pack
+from d3fmt.distill.settings import PackConfig
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import BudgetError, ConfigError, SourceError
 from d3fmt.evaluate import EvalConfig
@@ -164,7 +167,7 @@ def test_budget_plan_is_the_same_in_every_process_of_a_job(tmp_path):
     differently: they must still fit the very same plan (the merge checks it)."""
     from dataclasses import replace
 
-    from d3fmt.distill.pack import fit
+    from d3fmt.distill.job import fit
     from d3fmt.sources import open_source
 
     info = open_source("digits").info

@@ -40,12 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import cpu_model  # noqa: E402  (tools/machine.py: this script's directory is on sys.path)
 
 import d3fmt
-from d3fmt.augment import DSAParams
 from d3fmt.baseline import choose_random_subset
-from d3fmt.distill.autoencoder import AutoencoderConfig
-from d3fmt.distill.experts import ExpertConfig
-from d3fmt.distill.pack import PackConfig, pack, resolve_device
-from d3fmt.distill.trainer import DistillConfig
+from d3fmt.device import resolve_device
+from d3fmt.distill.launch import pack
+from d3fmt.distill.settings import pack_config
 from d3fmt.evaluate import (
     EvalConfig,
     EvalResult,
@@ -162,17 +160,14 @@ def get_d3(budget: int, profile: Profile, args, src: str, device) -> dict:
     else:
         path = Path(args.work_dir) / "d3" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        cfg = PackConfig(
-            source=src, output=str(path), budget=float(budget), seed=args.seed, device=str(device),
-            soft_labels=profile.soft_labels,
-            work_dir=str(Path(args.work_dir) / "cache"), quiet=True, evaluation=None,
-            experts=ExpertConfig(num_experts=profile.experts, epochs=profile.expert_epochs, width=profile.width,
-                                 seed=args.seed),
-            distill=DistillConfig(iterations=per_budget(profile.iterations, budget), syn_steps=profile.syn_steps,
-                                  batch_syn=profile.batch_syn, mmd_samples=profile.mmd_samples,
-                                  mmd_real=profile.mmd_real, seed=args.seed, checkpoint_every=0, dsa=DSAParams(),
-                                  warmup=round(profile.warmup * per_budget(profile.iterations, budget)),
-                                  autoencoder=AutoencoderConfig(steps=profile.pretrain_steps)),
+        iterations = per_budget(profile.iterations, budget)
+        cfg = pack_config(
+            src, str(path), budget=float(budget), seed=args.seed, device=str(device), soft_labels=profile.soft_labels,
+            work_dir=str(Path(args.work_dir) / "cache"), quiet=True, evaluate=False, num_experts=profile.experts,
+            expert_epochs=profile.expert_epochs, convnet_width=profile.width, iterations=iterations,
+            syn_steps=profile.syn_steps, batch_syn=profile.batch_syn, mmd_samples=profile.mmd_samples,
+            mmd_real=profile.mmd_real, checkpoint_every=0, warmup=profile.warmup,
+            pretrain_steps=profile.pretrain_steps,
         )
         start = time.time()
         pack(cfg)

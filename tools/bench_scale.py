@@ -28,8 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # Tiny settings shared by every run (see the module docstring).
-SETTINGS = dict(iterations=2, experts=1, expert_epochs=1, syn_steps=1, match_epochs=1, convnet_width=8,
-                mmd_samples=2, mmd_real=4, label_sample=5, budget=10.0, decoder_width=32, latents=1)
+# `d3 pack` settings (the names of d3fmt.distill.settings.pack_config); warmup 0: trajectory matching throughout.
+SETTINGS = dict(iterations=2, num_experts=1, expert_epochs=1, syn_steps=1, match_epochs=1, convnet_width=8,
+                mmd_samples=2, mmd_real=4, label_sample=5, budget=10.0, decoder_width=32, latents_per_class=1,
+                warmup=0.0, checkpoint_every=0)
 
 
 def peak_rss_mib() -> float:
@@ -42,25 +44,15 @@ def child(spec: dict) -> dict:
     """One pack run (in a fresh process); returns its measurements."""
     import torch
 
-    from d3fmt.augment import DSAParams
-    from d3fmt.distill.experts import ExpertConfig
-    from d3fmt.distill.pack import PackConfig, pack
-    from d3fmt.distill.trainer import DistillConfig
+    from d3fmt.distill.launch import pack
+    from d3fmt.distill.settings import pack_config
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    s = SETTINGS
     rss_start = peak_rss_mib()
     start = time.perf_counter()
-    result = pack(PackConfig(
-        source=spec["source"], output=spec["output"], budget=s["budget"], subtasks=spec["subtasks"],
-        work_dir=spec["work_dir"], device="cpu", quiet=True, evaluation=None, label_sample=s["label_sample"],
-        decoder_width=s["decoder_width"], latents_per_class=s["latents"],
-        experts=ExpertConfig(num_experts=s["experts"], epochs=s["expert_epochs"], width=s["convnet_width"]),
-        distill=DistillConfig(iterations=s["iterations"], syn_steps=s["syn_steps"], expert_epochs=s["match_epochs"],
-                              mmd_samples=s["mmd_samples"], mmd_real=s["mmd_real"], checkpoint_every=0,
-                              dsa=DSAParams()),
-    ))
+    result = pack(pack_config(spec["source"], spec["output"], subtasks=spec["subtasks"], work_dir=spec["work_dir"],
+                              device="cpu", quiet=True, evaluate=False, **SETTINGS))
     return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
             "rss_after_imports_mib": round(rss_start, 1), "file_bytes": result.file_bytes,
             "max_bytes": result.max_bytes, "decoder_width": result.plan.width,

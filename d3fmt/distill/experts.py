@@ -38,6 +38,7 @@ from safetensors import safe_open
 
 from d3fmt.augment import DSAParams, crop_flip, dsa
 from d3fmt.distill.storage import load_json, save_json, save_tensors
+from d3fmt.seeds import mix_seed
 from d3fmt.errors import ConfigError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig, flatten_params, load_flat_
 
@@ -262,7 +263,7 @@ def _load_or_create_manifest(directory, key, data_id, classes, cfg, shape, num_c
 
 
 def _expert_seed(cfg: ExpertConfig, index: int) -> int:
-    return (cfg.seed * 1_000_003 + index) % (2**63)
+    return mix_seed(cfg.seed, index)
 
 
 def expert_batch_size(cfg: ExpertConfig, n: int) -> int:

@@ -9,7 +9,7 @@ every mode produces the same file.
 :func:`check_parts` refuses parts that do not belong together (a :class:`MergeError`
 naming the part and what differs); :func:`combine` takes the union of their subtasks;
 :func:`finish` assigns soft labels over the full label space from one expert trained on
-all classes (:func:`d3fmt.distill.pack.label_teacher`; cached in ``work_dir``), checks the
+all classes (:func:`d3fmt.distill.labels.label_teacher`; cached in ``work_dir``), checks the
 byte cap for the whole file, evaluates the stored representation and writes the file
 atomically. :func:`merge` is ``d3 merge``.
 """
@@ -25,25 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from d3fmt.device import resolve_device
+from d3fmt.distill.assemble import EVAL_RESERVE, fit_to_cap
 from d3fmt.distill.budget import BudgetPlan
-from d3fmt.distill.pack import (
-    EVAL_RESERVE,
-    PackConfig,
-    PackResult,
-    config_from_settings,
-    evaluate_pending,
-    fit_to_cap,
-    label_teacher,
-    open_pack_source,
-    partition_classes,
-    partition_hash,
-    resolve_device,
-    run_key,
-    soft_labels,
-)
-from d3fmt.evaluate import EvalConfig
+from d3fmt.distill.job import PackResult, open_pack_source, partition_classes, partition_hash
+from d3fmt.distill.labels import label_teacher, soft_labels
+from d3fmt.distill.settings import PackConfig, config_from_settings, run_key
 from d3fmt.errors import BudgetError, ConfigError, D3Error, FormatError, MergeError
-from d3fmt.format import D3Container, budget_fields, encode_d3, read_d3
+from d3fmt.evaluate import EvalConfig, EvalResult, evaluate_representation
+from d3fmt.format import D3Container, D3Reader, budget_fields, encode_d3, read_d3, write_d3
+from d3fmt.progress import bar
+from d3fmt.representation import Representation
 from d3fmt.format.container import atomic_write
 
 # Settings that may differ between parts: where the data and the test set live, and how
@@ -259,6 +251,23 @@ def add_soft_labels(container: D3Container, teacher, device) -> None:
         container.tensors[name] = probs
         container.encodings[name] = encoding
     header["labels"] = "soft"
+
+
+def evaluate_pending(container: D3Container, source, cfg: PackConfig, device, run_dir: Path) -> EvalResult:
+    """Evaluate what the file will hold (after quantisation), via a pending file."""
+    pending = run_dir / "pending.d3"
+    write_d3(pending, container)
+    test_x, test_y = source.load("test")
+    ecfg = replace(cfg.evaluation, device=str(device))
+    with D3Reader(pending) as reader:
+        rep = Representation.from_reader(reader, device=device)
+        with bar(cfg.quiet, total=ecfg.runs * ecfg.epochs, desc="evaluate", unit="epoch") as pbar:
+            def tick(run, epoch, loss):
+                pbar.update(1)
+                pbar.set_postfix(run=run + 1, loss=f"{loss:.3f}")
+            result = evaluate_representation(rep, test_x, test_y, ecfg, progress=tick)
+    pending.unlink(missing_ok=True)
+    return result
 
 
 def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Path,

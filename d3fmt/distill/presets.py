@@ -1,10 +1,13 @@
-"""Named bundles of `d3 pack` settings, so a run fits the machine it is on.
+"""The defaults of `d3 pack`'s settings: one default per setting, and named presets.
 
 ``reference`` is method.md's setting (hours on a GPU for ImageNet-scale data);
 ``standard`` is a GPU run of about an hour for Fashion-MNIST-sized data; ``fast`` is sized
 for a laptop CPU (minutes for ``digits``). ``auto`` picks ``standard`` when the run uses
-CUDA and ``fast`` otherwise. Every option given explicitly on the command line wins over
-the preset; the resolved values are recorded in the file's provenance.
+CUDA and ``fast`` otherwise. Every setting given explicitly wins over the preset; the
+resolved values are recorded in the file's provenance.
+
+Torch-free, so the CLI can show these defaults without importing the distiller. The
+names are those of :func:`d3fmt.distill.settings.pack_config` (and `d3 pack`'s options).
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ PRESETS: dict[str, dict[str, int]] = {
                       eval_epochs=1000),
 }
 NAMES = ("auto", *PRESETS)
+
+# Every other setting's one default (None: chosen later, by the budget fitter or the source).
+DEFAULTS: dict[str, object] = dict(
+    budget=None, max_bytes=None, image_size=None, test=None, holdout=None, skip_bad=False,
+    subtasks=1, subtask=None, label_sample=100, preset="auto",
+    match_epochs=2, max_start_epoch=0, mmd_weight=1.0, warmup=0.9, pretrain_steps=1500,
+    family=None, z_dim=None, latents_per_class=None, decoder_width=None, encoding=None, soft_labels=False,
+    evaluate=True, eval_runs=1, device="auto", seed=0, work_dir=".d3cache", checkpoint_every=50,
+    resume=False, quiet=False,
+)
+
+
+def preset_values(key: str) -> str:
+    """``fast 300, standard 2000, reference 8000``: a preset setting's values, for help texts."""
+    values = [(name, p[key]) for name, p in PRESETS.items()]
+    if len({v for _, v in values}) == 1:
+        return str(values[0][1])
+    return ", ".join(f"{name} {v}" for name, v in values)
 
 
 def resolve_preset(name: str, uses_cuda: bool, given: dict[str, int | None]) -> dict[str, int]:

@@ -1,14 +1,12 @@
-"""Federated distillation: the subtasks of one `d3 pack` job, run anywhere, merged once.
+"""Launching a `d3 pack` job: owns :func:`pack`, the last link of the distiller's chain.
 
-Every subtask (class subset) is distilled on its own -- its own experts, priors and
-decoder, with randomness seeded by (seed, subtask index) only -- and written as a
-*partial container* (:func:`part_container`). The launch modes differ only in who runs
-which subtasks and how the parts reach the process that merges them
-(:mod:`d3fmt.distill.merge`), so they all produce the same tensors:
+The launch modes differ only in who runs which subtasks (:mod:`d3fmt.distill.subtask`)
+and how the parts reach the process that merges them (:mod:`d3fmt.distill.merge`), so
+they all produce the same tensors:
 
 - one process, one device: the subtasks one after another (parts in the run directory);
 - one process, several devices (``devices``, or every visible GPU when there are several):
-  one worker process per device (``python -m d3fmt.distill.federated``, the job config as
+  one worker process per device (``python -m d3fmt.distill.launch``, the job config as
   JSON, round-robin subtasks); the parent merges the parts the workers wrote;
 - ``torchrun --nproc_per_node=N -m d3fmt pack ...`` (one or many nodes): rank r runs
   subtasks r, r+N, ...; each rank sends its results to rank 0 as the bytes of one encoded
@@ -26,80 +24,24 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
-from d3fmt.distill import merge as merging
-from d3fmt.distill.pack import (
-    PackConfig,
-    PackContext,
-    PackResult,
-    config_from_settings,
-    distill_subtask,
-    make_header,
-    partition_hash,
-    prepare,
-    resolve_device,
-    tensors_of,
-)
 from d3fmt import errors
+from d3fmt.device import resolve_device
+from d3fmt.distill import merge as merging
+from d3fmt.distill.job import PackContext, PackResult, prepare
+from d3fmt.distill.settings import RUN_ONLY_FIELDS, PackConfig, config_from_settings, config_to_json
+from d3fmt.distill.subtask import distill_parts, part_path
 from d3fmt.errors import ConfigError, D3Error
-from d3fmt.format import D3Container, D3Reader, encode_d3, write_d3
+from d3fmt.format import encode_d3
 from d3fmt.format.container import atomic_write
 
 DIST_TIMEOUT = timedelta(hours=72)  # ranks that finish early wait this long for the others
 WORKER_POLL_S = 0.5
-
-
-# ---------------------------------------------------------------------------------------
-# Parts
-# ---------------------------------------------------------------------------------------
-
-
-def part_path(run_dir: Path, i: int) -> Path:
-    return Path(run_dir) / f"part-{i:04d}.d3"
-
-
-def part_container(ctx: PackContext, i: int, result, trajectories) -> D3Container:
-    """Subtask ``i`` as a partial container: its priors and decoder in the planned
-    encodings, hard labels (soft labels come after the merge), the job's header fields
-    and ``provenance.part`` (subtask count, partition digest, learned lr, expert accuracy)."""
-    header = make_header(ctx.info, ctx.partition, ctx.plan, ctx.ipc, ctx.max_bytes, ctx.mean, ctx.std,
-                         ctx.cfg, result.lr)
-    entry = header["subtasks"][i]
-    entry["tensors"].pop("soft", None)
-    header["subtasks"] = [entry]
-    header["labels"] = "hard"
-    header["partial"] = True
-    accuracy = [float(a) for a in (getattr(trajectories, "test_accuracy", None) or []) if a is not None]
-    header["provenance"]["part"] = {"of": len(ctx.partition), "partition": partition_hash(ctx.partition),
-                                    "subtasks": [i], "lr": [float(result.lr)], "expert_accuracy": [accuracy]}
-    tensors, encodings = tensors_of(header, ctx.plan, [result], None)
-    return D3Container(header, tensors, encodings)
-
-
-def _finished_part(path: Path, i: int) -> bool:
-    """A part a previous run of the same job (same run directory) already wrote."""
-    try:
-        return D3Reader(path).header["provenance"]["part"]["subtasks"] == [i]
-    except (D3Error, KeyError, TypeError):
-        return False
-
-
-def distill_parts(ctx: PackContext, ids: list[int], device) -> list[Path]:
-    """Distil the subtasks ``ids`` one after another; each becomes a part file in the run
-    directory (with ``resume``, parts finished by an earlier run are kept)."""
-    paths = []
-    for i in ids:
-        path = part_path(ctx.run_dir, i)
-        if not (ctx.cfg.resume and _finished_part(path, i)):
-            result, trajectories = distill_subtask(ctx, i, device)
-            write_d3(path, part_container(ctx, i, result, trajectories))
-        paths.append(path)
-    return paths
 
 
 def assign(num_subtasks: int, workers: int) -> list[list[int]]:
@@ -120,7 +62,9 @@ def _merge_local(ctx: PackContext, paths: list[Path], device, ids: list[int]) ->
 # ---------------------------------------------------------------------------------------
 
 
-def run_pack(cfg: PackConfig) -> PackResult:
+def pack(cfg: PackConfig) -> PackResult:
+    """Run `d3 pack`: all subtasks here (one device or one worker per device), one subtask
+    (``cfg.subtask``: a partial container), or this rank's share under torchrun."""
     env = DistEnv.from_environ()
     if env is not None:
         if cfg.subtask is not None:
@@ -161,10 +105,6 @@ def worker_devices(cfg: PackConfig) -> list[str]:
     return [cfg.device]
 
 
-def config_to_json(cfg: PackConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg), default=str))
-
-
 def run_workers(ctx: PackContext, devices: list[str]) -> list[Path]:
     """One worker process per device, each distilling its round-robin share of the
     subtasks into part files; returns every part's path once all workers succeeded.
@@ -180,7 +120,7 @@ def run_workers(ctx: PackContext, devices: list[str]) -> list[Path]:
             status = run_dir / f"worker-{k}.status.json"
             status.unlink(missing_ok=True)
             log = open(run_dir / f"worker-{k}.log", "wb")
-            cmd = [sys.executable, "-m", "d3fmt.distill.federated", "--config", str(config), "--device", device,
+            cmd = [sys.executable, "-m", "d3fmt.distill.launch", "--config", str(config), "--device", device,
                    "--subtasks", ",".join(map(str, ids)), "--status", str(status), "--threads", str(threads)]
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), status, device, log))
             if not cfg.quiet:
@@ -223,7 +163,7 @@ def _worker_error(status: Path, device: str, code: int) -> Exception:
 
 def worker_main(argv: list[str] | None = None) -> int:
     """Entry point of one worker process (see :func:`run_workers`)."""
-    parser = argparse.ArgumentParser(prog="python -m d3fmt.distill.federated")
+    parser = argparse.ArgumentParser(prog="python -m d3fmt.distill.launch")
     parser.add_argument("--config", required=True)
     parser.add_argument("--device", required=True)
     parser.add_argument("--subtasks", required=True, help="comma-separated subtask indices")
@@ -235,7 +175,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     status = Path(args.status)
     try:
         settings = json.loads(Path(args.config).read_text())
-        run = {k: settings.pop(k) for k in ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask")}
+        run = {k: settings.pop(k) for k in RUN_ONLY_FIELDS}
         cfg = config_from_settings(settings, **{**run, "device": args.device, "devices": None})
         torch.manual_seed(cfg.seed)
         ctx = prepare(cfg)

@@ -1,0 +1,146 @@
+"""What every subtask of one job shares, computed identically by every process.
+
+:func:`prepare` opens the source, partitions the classes into subtasks, fits ONE budget
+for the whole file before any training (:mod:`d3fmt.distill.budget`, measuring a
+same-shaped dummy container, so an impossible budget fails in seconds) and computes the
+normalisation, into a :class:`PackContext`. Also here: loading one class subset as
+normalised floats, and :class:`PackResult`, what a job returns.
+
+Memory: pixels are held for one class subset at a time and for ``STATS_PER_CLASS``
+images of one class at a time (normalisation statistics); never for the whole source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from d3fmt.distill.assemble import EVAL_RESERVE, make_header, measure_plan, placeholders
+from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, gaussian_ratios
+from d3fmt.distill.settings import PackConfig, run_key
+from d3fmt.errors import ConfigError
+from d3fmt.evaluate import EvalResult
+from d3fmt.format import budget_bytes
+from d3fmt.sources import open_source
+from d3fmt.sources.stats import MIN_STD, PixelMoments
+
+STATS_PER_CLASS = 64  # images per class behind the stored normalisation (mean, std)
+
+@dataclass
+class PackResult:
+    path: Path | None  # None on a torchrun rank other than 0 (rank 0 writes the file)
+    file_bytes: int
+    max_bytes: int
+    plan: BudgetPlan
+    evaluation: EvalResult | None
+    expert_accuracy: list[float]
+    subtasks: list[int] = field(default_factory=list)  # the subtasks this process distilled
+    partial: bool = False  # a partial container (--subtask) was written
+
+
+@dataclass
+class PackContext:
+    """What every subtask of one job shares, computed identically by every process."""
+
+    cfg: PackConfig
+    source: object  # d3fmt.sources.Source
+    info: object  # d3fmt.sources.SourceInfo
+    ipc: float
+    max_bytes: int
+    partition: list[list[int]]
+    plan: BudgetPlan
+    mean: list[float]
+    std: list[float]
+    run_dir: Path
+
+
+def partition_classes(num_classes: int, subtasks: int) -> list[list[int]]:
+    """Balanced, contiguous, deterministic class subsets (sizes differ by at most one)."""
+    if not 1 <= subtasks <= num_classes:
+        raise ConfigError(f"--subtasks must be between 1 and the class count {num_classes}, got {subtasks}")
+    return [part.tolist() for part in np.array_split(np.arange(num_classes), subtasks)]
+
+
+def partition_hash(partition: list[list[int]]) -> str:
+    """A short digest naming a class partition (parts of one job must agree on it)."""
+    blob = json.dumps(partition, separators=(",", ":")).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def max_bytes_of(cfg: PackConfig, num_classes: int, image_shape) -> tuple[float, int]:
+    """(ipc, max_bytes) from --budget or --max-bytes."""
+    if cfg.budget is not None:
+        return float(cfg.budget), budget_bytes(cfg.budget, num_classes, image_shape)
+    return cfg.max_bytes / budget_bytes(1, num_classes, image_shape), int(cfg.max_bytes)
+
+
+def open_pack_source(cfg: PackConfig, spec: str | None = None, test: str | None = None):
+    return open_source(spec or cfg.source, image_size=cfg.image_size, skip_bad=cfg.skip_bad,
+                       test=test or cfg.test, holdout=cfg.holdout, seed=cfg.seed)
+
+
+def prepare(cfg: PackConfig) -> PackContext:
+    """Open the source, fit the budget, compute the normalisation: the same in every process."""
+    source = open_pack_source(cfg)
+    info = source.info
+    ipc, max_bytes = max_bytes_of(cfg, info.num_classes, info.image_shape)
+    partition = partition_classes(info.num_classes, cfg.subtasks)
+    plan = fit(cfg, info, partition, ipc, max_bytes)
+    mean, std = sample_stats(source, STATS_PER_CLASS)
+    run_dir = Path(cfg.work_dir) / "runs" / run_key(cfg, info.content_hash)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return PackContext(cfg, source, info, ipc, max_bytes, partition, plan, mean, std, run_dir)
+
+
+def fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int) -> BudgetPlan:
+    req = BudgetRequest(
+        num_classes=info.num_classes, image_shape=tuple(info.image_shape), max_bytes=max_bytes,
+        subtask_classes=[len(p) for p in parts], soft_labels=cfg.soft_labels, ipc=ipc, reserve=EVAL_RESERVE,
+        family=cfg.family, z_dim=cfg.z_dim, latents_per_class=cfg.latents_per_class, width=cfg.decoder_width,
+        weight_encoding=cfg.encoding, ratios=gaussian_ratios(),
+    )
+    ones = [0.5] * info.image_shape[0]
+    return fit_budget(req, measure=lambda plan: measure_plan(
+        lambda p: placeholders(make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)), plan))
+
+
+def class_heads(source, per_class: int, split: str = "train"):
+    """The first ``per_class`` images of each class, one class at a time: yields
+    (uint8 [n, C, H, W], int64 [n]). Only those files are decoded (ImageFolder, shards)."""
+    for c in range(source.info.num_classes):
+        batch = next(iter(source.iter_batches(split, classes=[c], batch_size=per_class)), None)
+        if batch is not None:
+            yield batch
+
+
+def sample_stats(source, per_class: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (pixels in [0, 1]) over the first ``per_class`` train
+    images of every class: deterministic, the same in every part of a federated job, and
+    bounded work on an ImageNet-sized source (a full pass would decode every image)."""
+    moments = PixelMoments(source.info.image_shape[0])
+    for images, _ in class_heads(source, per_class):
+        moments.add(images)
+    if moments.count == 0:
+        raise ConfigError(f"source {source.info.name} has no training images")
+    return moments.mean_std(MIN_STD)
+
+
+def normalized_float(x: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 (x / 255 - mean) / std, computed in place: one float
+    copy of a subset in memory, not three (same values as representation.normalize)."""
+    t = torch.from_numpy(x).float().div_(255)  # [N, C, H, W]
+    t.sub_(torch.tensor(mean, dtype=t.dtype).reshape(-1, 1, 1))
+    return t.div_(torch.tensor(std, dtype=t.dtype).reshape(-1, 1, 1))
+
+
+def load_subset(source, classes: list[int], split: str, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised float images [N, C, H, W] and *local* labels 0..len(classes)-1."""
+    x, y = source.load(split, classes=classes)
+    local = np.full(source.info.num_classes, -1, dtype=np.int64)
+    local[classes] = np.arange(len(classes))
+    return normalized_float(x, mean, std), torch.from_numpy(local[y])

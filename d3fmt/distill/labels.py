@@ -1,0 +1,72 @@
+"""Soft labels over all classes, assigned after the merge by one all-class teacher.
+
+The teacher is one ConvNet trained (or reused from ``work_dir``) on a bounded sample:
+the first ``label_sample`` images of every class, ``5 * label_sample * K * C * H * W``
+bytes as uint8 + float32 whatever the size of the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from d3fmt.distill.experts import train_experts
+from d3fmt.distill.job import class_heads, normalized_float
+from d3fmt.distill.settings import PackConfig
+from d3fmt.format import D3Container
+from d3fmt.models.convnet import ConvNet, load_flat_
+from d3fmt.models.decoder import build_decoder
+from d3fmt.progress import bar
+from d3fmt.representation import tanh_to_normalized
+from d3fmt.seeds import derive_seed
+
+LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
+
+def label_sample(source, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` train images of every class: uint8 [n, C, H, W], int64 [n]."""
+    xs, ys = zip(*class_heads(source, per_class))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def label_teacher(source, cfg: PackConfig, mean, std, device) -> ConvNet:
+    """One ConvNet on all classes, trained (or reused from ``work_dir``) on a bounded
+    sample: the first ``cfg.label_sample`` images of every class, so its memory is
+    ``label_sample * K`` images whatever the size of the source. Seeded by (seed, "labels")."""
+    info = source.info
+    n = cfg.label_sample
+    x, y = label_sample(source, n)
+    xt = normalized_float(x, mean, std)  # [n*K, C, H, W]
+    del x
+    # A teacher, not a trajectory: momentum makes it accurate in the same epochs, and its
+    # accuracy is what soft labels are worth (trajectory experts keep plain SGD).
+    one = replace(cfg.experts, num_experts=1, seed=derive_seed(cfg.experts.seed, "labels"), momentum=0.9)
+    with bar(cfg.quiet, total=one.epochs, desc="soft-label expert", unit="epoch") as pbar:
+        traj = train_experts(xt, torch.from_numpy(y), info.num_classes, one, Path(cfg.work_dir) / "experts",
+                             device=device, progress=pbar,
+                             data_id=f"{info.content_hash}:{info.image_shape}:first{n}",
+                             classes=list(range(info.num_classes)))
+    net = ConvNet(traj.convnet)
+    return load_flat_(net, traj.final(0)).to(device).eval()
+
+
+@torch.no_grad()
+def soft_labels(teacher, container: D3Container, device) -> dict[int, np.ndarray]:
+    """softmax(teacher(decode(prior mean))) for every prior of every subtask, computed
+    from the tensors as stored (quantised), so every launch mode gets the same labels."""
+    header = container.header
+    mean, std = header["normalization"]["mean"], header["normalization"]["std"]
+    out = {}
+    for entry in header["subtasks"]:
+        names = entry["tensors"]
+        state = {p: container.tensors[s] for p, s in names["decoder"].items()}
+        dec = build_decoder(entry["decoder"], state).to(device)
+        mu = torch.from_numpy(container.tensors[names["mu"]]).float()  # [rows, z]
+        probs = []
+        for start in range(0, mu.shape[0], LABEL_BATCH):
+            t = dec(mu[start:start + LABEL_BATCH].to(device))  # [b, C, H, W] tanh space
+            probs.append(torch.softmax(teacher(tanh_to_normalized(t, mean, std)).float(), dim=1).cpu())
+        out[entry["id"]] = torch.cat(probs).numpy().astype(np.float32)  # [rows, K]
+    return out
