@@ -12,11 +12,13 @@ from d3fmt.errors import (  # noqa: F401
     BudgetError,
     ConfigError,
     D3Error,
+    D3IOError,
     FormatError,
     IntegrityError,
     LimitError,
     MergeError,
     SourceError,
+    TrainingError,
     UnsupportedVersionError,
 )
 

@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 
 from d3fmt.errors import ConfigError
-from d3fmt.format.header import budget_bytes
 from d3fmt.evaluate import (
     EvalConfig,
     EvalResult,
@@ -34,19 +33,15 @@ from d3fmt.evaluate import (
     load_test_set,
     pixel_mean_std,
 )
+from d3fmt.format.header import budget_bytes
+from d3fmt.png import png_bytes as encode_png
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """One uint8 image [C, H, W] (C = 1 or 3) as a PNG file, Pillow's default encoder settings."""
-    if image.shape[0] == 1:
-        pil = Image.fromarray(np.ascontiguousarray(image[0]), mode="L")
-    elif image.shape[0] == 3:
-        pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
-    else:
+    """One uint8 image [C, H, W] (C = 1 or 3) as a PNG file (:func:`d3fmt.png.png_bytes`)."""
+    if image.shape[0] not in (1, 3):
         raise ConfigError(f"PNG baselines need 1 or 3 channels, the source has {image.shape[0]}")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_png(image.transpose(1, 2, 0))
 
 
 def decode_png(data: bytes, channels: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The ``d3`` command line: thin click commands over library functions.
 
 Every command parses its options and calls into the library. A :class:`D3Error`
-raised anywhere below becomes one ``Error: ...`` line on stderr and exit code 1, in one
-place (:class:`_Group`); a Ctrl-C becomes exit code 130 with no traceback.
+raised anywhere below becomes one ``Error: ...`` line on stderr and its class's exit code
+(``D3Error.exit_code``, see :mod:`d3fmt.errors`), in one place (:class:`_Group`); so does
+running out of (device) memory (a :class:`TrainingError`); a Ctrl-C becomes exit code 130
+with no traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from d3fmt import __version__
 from d3fmt.distill.presets import DEFAULTS as D
 from d3fmt.distill.presets import NAMES as PRESET_NAMES
 from d3fmt.distill.presets import preset_values
-from d3fmt.errors import D3Error
+from d3fmt.errors import D3Error, TrainingError
 
 
 class _Group(click.Group):
@@ -26,7 +28,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except D3Error as exc:
             click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(exc.exit_code)
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+                raise
+            click.echo(f"Error: out of memory ({str(exc).splitlines()[0] if str(exc) else 'MemoryError'}); "
+                       "use a smaller --budget, --convnet-width or batch size, or another device", err=True)
+            sys.exit(TrainingError.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)

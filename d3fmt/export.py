@@ -20,9 +20,10 @@ import torch
 
 from d3fmt.dataset import SampleOptions, decode_items, make_plan, open_representation
 from d3fmt.errors import ConfigError
+from d3fmt.format.container import atomic_write
+from d3fmt.png import png_bytes
 
 FORMATS = ("webdataset", "folder")
-PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MEAN_BORDER = (230, 57, 70)  # prior means: red frame
 SAMPLE_BORDER = (40, 40, 40)  # noise draws: dark grey frame
 DECODE_BATCH = 256
@@ -32,19 +33,6 @@ def to_uint8(images01: torch.Tensor) -> np.ndarray:
     """[N, C, H, W] float in [0, 1] -> [N, H, W, C] uint8 (round to nearest)."""
     x = (images01.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """One [H, W, C] uint8 image as PNG bytes (Pillow; no timestamps, deterministic)."""
-    from PIL import Image
-
-    c = pixels.shape[-1]
-    if c not in PNG_MODES:
-        raise ConfigError(f"images with {c} channels cannot be written as PNG; export supports 1-4 channels")
-    img = Image.fromarray(pixels[..., 0] if c == 1 else pixels, PNG_MODES[c])
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,7 +99,7 @@ def sample_grid(
             y, x = r * cell_h, col * cell_w
             canvas[y : y + cell_h, x : x + cell_w] = MEAN_BORDER if bool(draw.is_mean[k]) else SAMPLE_BORDER
             canvas[y + border : y + border + h * scale, x + border : x + border + w * scale] = pixels[k]
-    _write_bytes(out_png, png_bytes(canvas))
+    atomic_write(out_png, png_bytes(canvas))
     return GridInfo(os.fspath(out_png), list(plan.classes), columns, cell_h, canvas.shape[1], canvas.shape[0])
 
 
@@ -128,15 +116,6 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.shape[-1] == 3:
         return pixels
     return np.repeat(pixels[..., :1], 3, axis=-1)
-
-
-def _write_bytes(path, data: bytes) -> None:
-    """Write a file atomically (temp name + rename), so a failure never leaves half a PNG."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,7 +190,7 @@ def export_samples(
                 else:
                     name = f"{names[cls]}/{slot:06d}.png"
                     os.makedirs(os.path.join(out_dir, names[cls]), exist_ok=True)
-                    _write_bytes(os.path.join(out_dir, name), png_bytes(pixels[k]))
+                    atomic_write(os.path.join(out_dir, name), png_bytes(pixels[k]))
                 files.append(name)
                 labels.append(cls)
                 if soft:
@@ -258,7 +237,7 @@ def _write_index(out_dir, rep, format, files, labels, soft_rows, shards, options
         with open(os.path.join(out_dir, "soft_labels.npy"), "wb") as f:
             np.save(f, arr, allow_pickle=False)
         written.append("soft_labels.npy")
-    _write_bytes(os.path.join(out_dir, "labels.json"), json.dumps(index, indent=1).encode("utf-8"))
+    atomic_write(os.path.join(out_dir, "labels.json"), json.dumps(index, indent=1).encode("utf-8"))
     return written
 
 

@@ -22,6 +22,7 @@ import torch
 
 from d3fmt import __version__
 from d3fmt.errors import ConfigError, D3Error, FormatError
+from d3fmt.format.sections import decoder_section, logvar_section, mu_section, soft_section
 from d3fmt.models.decoder import Decoder, build_decoder
 
 # ---------------------------------------------------------------------------------------
@@ -344,10 +345,10 @@ def container_from_parts(parts: list[SubtaskParts], meta: ContainerMeta):
         return name
 
     for i, part in enumerate(parts):
-        names = {"mu": put(f"s{i}.mu", part.mu), "logvar": put(f"s{i}.logvar", part.logvar)}
+        names = {"mu": put(mu_section(i), part.mu), "logvar": put(logvar_section(i), part.logvar)}
         if part.soft is not None and header["labels"] == "soft":
-            names["soft"] = put(f"s{i}.soft", part.soft)
-        names["decoder"] = {k: put(f"s{i}.dec.{k}", v) for k, v in part.decoder.state_dict().items()}
+            names["soft"] = put(soft_section(i), part.soft)
+        names["decoder"] = {k: put(decoder_section(i, k), v) for k, v in part.decoder.state_dict().items()}
         cfg = part.decoder.cfg
         lpc = int(np.shape(part.mu)[0]) // len(part.classes)
         header["subtasks"].append({"id": i, "classes": [int(c) for c in part.classes], "latents_per_class": lpc,

@@ -15,6 +15,7 @@ from d3fmt.baseline import (
     save_subset,
 )
 from d3fmt.cli import main
+from d3fmt.errors import ConfigError, SourceError
 from d3fmt.format import budget_bytes
 from d3fmt.sources import open_source
 
@@ -120,8 +121,8 @@ def test_cli_full_baseline_trains_on_everything_and_tests_on_the_holdout():
 
 def test_cli_baseline_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["baseline", "random", "digits", "--budget", "0.01", *FAST])
-    assert res.exit_code == 1 and res.output.startswith("Error: not even one PNG per class fits")
+    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: not even one PNG per class fits")
     res = CliRunner().invoke(main, ["baseline", "random", "digits", "--budget", "-1", *FAST])
-    assert res.exit_code == 1 and res.output.startswith("Error: --budget must be > 0")
+    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: --budget must be > 0")
     res = CliRunner().invoke(main, ["baseline", "full", str(tmp_path / "nope"), *FAST])
-    assert res.exit_code == 1 and res.output.startswith("Error:") and "Traceback" not in res.output
+    assert res.exit_code == SourceError.exit_code and res.output.startswith("Error:") and "Traceback" not in res.output

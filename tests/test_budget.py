@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from d3fmt.distill.budget import BudgetRequest, fit_budget, gaussian_ratios, section_bytes
 from d3fmt.distill.assemble import dummy_results, make_header, measure_plan, tensors_of
+from d3fmt.distill.budget import BudgetRequest, fit_budget, gaussian_ratios, section_bytes
 from d3fmt.distill.job import partition_classes
 from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import BudgetError, ConfigError

@@ -38,7 +38,7 @@ def _cfg(mean, std, **kw):
 def test_total_loss_falls_on_digits(digits):
     x, y, mean, std, traj = digits
     seen = []
-    res = distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=60, syn_steps=6), progress=lambda i, l: seen.append(i))
+    res = distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=60, syn_steps=6), progress=lambda i, loss: seen.append(i))
     assert seen == list(range(1, 61))
     total = res.history["total"]
     assert len(total) == 60 and all(math.isfinite(v) for v in total)
@@ -79,17 +79,17 @@ def test_resume_equals_uninterrupted_run(digits, tmp_path):
 def test_resume_with_other_settings_raises(digits, tmp_path):
     x, y, mean, std, traj = digits
     distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=1), checkpoint_dir=tmp_path)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="made with other settings or data"):
         distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=2, seed=9), checkpoint_dir=tmp_path, resume=True)
 
 
 def test_bad_inputs_raise(digits):
     x, y, mean, std, traj = digits
-    with pytest.raises(ConfigError):  # decoder for 28 px, data is 8 px
+    with pytest.raises(ConfigError, match="but the data is 1x8x8"):  # decoder for 28 px, data is 8 px
         distill(x, y, 10, DecoderConfig(family="small", z_dim=8, channels=1, image_size=28, width=8), 1, traj, _cfg(mean, std))
-    with pytest.raises(ConfigError):  # experts have only 4 epochs
+    with pytest.raises(ConfigError, match="exceeds the experts' 4 epochs"):  # experts have only 4 epochs
         distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, max_start_epoch=4))
-    with pytest.raises(ConfigError):  # RGB normalisation for grey data
+    with pytest.raises(ConfigError, match="mean/std have 3 channels, the data has 1"):  # RGB normalisation for grey data
         distill(x, y, 10, DEC, 1, traj, _cfg((0.5,) * 3, (0.5,) * 3))
 
 
@@ -97,7 +97,7 @@ def test_warmup_trains_by_mmd_alone_with_alpha_frozen(digits):
     x, y, mean, std, traj = digits
     seen = []
     res = distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=5, warmup=3),
-                  progress=lambda i, l: seen.append(l["lr"]))
+                  progress=lambda i, info: seen.append(info["lr"]))
     assert res.history["mtt"][:3] == [0.0, 0.0, 0.0] and all(v > 0 for v in res.history["mtt"][3:])
     assert seen[0] == seen[1] == seen[2] == pytest.approx(0.01)  # alpha frozen while warming up
     assert res.history["mmd"][0] > 0

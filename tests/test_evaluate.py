@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import d3fmt
 from d3fmt import evaluate
 from d3fmt.cli import main
-from d3fmt.errors import ConfigError
+from d3fmt.errors import ConfigError, FormatError
 from d3fmt.evaluate import (
     EvalConfig,
     StreamEpochs,
@@ -99,7 +99,7 @@ def test_eval_refuses_a_test_source_with_another_class_count(tmp_path):
     path = digits_like(tmp_path, num_classes=4)
     before = path.read_bytes()
     res = CliRunner().invoke(main, ["eval", str(path), "--test", "digits", *FAST])
-    assert res.exit_code == 1
+    assert res.exit_code == ConfigError.exit_code
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: test source digits has 10 classes")
     assert "Traceback" not in res.output
@@ -109,9 +109,9 @@ def test_eval_refuses_a_test_source_with_another_class_count(tmp_path):
 def test_bad_options_are_one_line_errors(tmp_path):
     path = digits_like(tmp_path)
     res = CliRunner().invoke(main, ["eval", str(path), "--test", "digits", "--epochs", "0", "-q"])
-    assert res.exit_code == 1 and res.output.startswith("Error: --epochs must be at least 1")
+    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: --epochs must be at least 1")
     res = CliRunner().invoke(main, ["eval", str(tmp_path / "missing.d3"), "--test", "digits", "-q"])
-    assert res.exit_code == 1 and res.output.startswith("Error:") and "Traceback" not in res.output
+    assert res.exit_code == FormatError.exit_code and res.output.startswith("Error:") and "Traceback" not in res.output
 
 
 def test_reported_accuracy_is_the_final_models_and_the_test_set_is_seen_once(tmp_path, digits, monkeypatch):

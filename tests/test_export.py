@@ -10,7 +10,7 @@ from PIL import Image
 
 from d3fmt.cli import main
 from d3fmt.dataset import D3Dataset
-from d3fmt.errors import ConfigError
+from d3fmt.errors import ConfigError, FormatError
 from d3fmt.export import MEAN_BORDER, SAMPLE_BORDER, export_samples, parse_classes, sample_grid
 
 
@@ -125,11 +125,11 @@ def test_export_cli_and_its_errors(d3_file, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "wrote 8 images" in ok.output and (out / "shard-000000.tar").exists()
     again = runner.invoke(main, ["export", str(d3_file), "--format", "webdataset", "-o", str(out), "-n", "2", "-q"])
-    assert again.exit_code == 1 and "Error:" in again.output and "Traceback" not in again.output
+    assert again.exit_code == ConfigError.exit_code and "Error:" in again.output and "Traceback" not in again.output
     bad = tmp_path / "bad.d3"
     bad.write_bytes(b"\0" * 64)
     broken = runner.invoke(main, ["export", str(bad), "--format", "folder", "-o", str(tmp_path / "o")])
-    assert broken.exit_code == 1 and broken.output.startswith("Error:")
+    assert broken.exit_code == FormatError.exit_code and broken.output.startswith("Error:")
 
 
 def test_parse_classes():

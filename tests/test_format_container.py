@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import d3fmt.format.container as container_mod
-from d3fmt.errors import ConfigError, FormatError, IntegrityError
+from d3fmt.errors import ConfigError, D3IOError, FormatError, IntegrityError
 from d3fmt.format import (
     D3Container,
     D3Reader,
@@ -199,14 +199,14 @@ def test_write_is_atomic_when_the_process_dies_mid_write(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(container_mod.os, "replace", crash)
-    with pytest.raises(ConfigError, match="No space left"):
+    with pytest.raises(D3IOError, match="No space left"):
         write_d3(path, example_container(num_classes=6))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.d3"]  # the temp file is gone too
 
 
 def test_write_to_a_missing_directory_is_a_clean_error(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(D3IOError, match="does not exist"):
         write_d3(tmp_path / "no" / "a.d3", example_container())
 
 

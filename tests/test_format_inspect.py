@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from d3fmt.cli import main
+from d3fmt.errors import FormatError, IntegrityError
 from d3fmt.format import append_eval, write_d3
 from d3fmt.format.example import example_container
 from d3fmt.format.inspect import render_text, summarize
@@ -94,7 +95,7 @@ def test_cli_verify_fails_on_a_corrupt_section_with_one_line(d3):
     runner = CliRunner()
     assert runner.invoke(main, ["inspect", str(d3)]).exit_code == 0  # sections are not read without --verify
     out = runner.invoke(main, ["inspect", str(d3), "--verify"])
-    assert out.exit_code == 1
+    assert out.exit_code == IntegrityError.exit_code
     assert out.output.strip() == f"Error: section {last['name']!r} hash mismatch: the file is corrupt"
     assert "Traceback" not in out.output
 
@@ -109,6 +110,6 @@ def test_cli_bad_file_is_one_error_line(tmp_path, content, fragment):
     if content is not None:
         path.write_bytes(content)
     out = CliRunner().invoke(main, ["inspect", str(path)])
-    assert out.exit_code == 1
+    assert out.exit_code == FormatError.exit_code
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]

@@ -10,9 +10,9 @@ import d3fmt
 from d3fmt.augment import DSAParams
 from d3fmt.cli import main
 from d3fmt.distill import trainer
+from d3fmt.distill.assemble import fit_to_cap
 from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
-from d3fmt.distill.assemble import fit_to_cap
 from d3fmt.distill.job import partition_classes
 from d3fmt.distill.launch import pack
 from d3fmt.distill.settings import PackConfig
@@ -114,7 +114,7 @@ def test_bad_sources_fail_cleanly(tmp_path):
     runner = CliRunner()
     for src in [str(tmp_path / "missing"), str(tmp_path)]:
         res = runner.invoke(main, ["pack", src, "-o", str(tmp_path / "x.d3"), "--budget", "10", "-q"])
-        assert res.exit_code == 1, res.output
+        assert res.exit_code == SourceError.exit_code, res.output
         assert res.output.startswith("Error: ") and "Traceback" not in res.output
         assert not (tmp_path / "x.d3").exists()
     with pytest.raises(SourceError):
@@ -124,7 +124,7 @@ def test_bad_sources_fail_cleanly(tmp_path):
 def test_impossible_budget_stops_before_training(tmp_path):
     res = CliRunner().invoke(main, ["pack", "digits", "-o", str(tmp_path / "x.d3"), "--budget", "0.5",
                                     "--work-dir", str(tmp_path / "w"), "-q"])
-    assert res.exit_code == 1 and "smallest needs about" in res.output and "--budget" in res.output
+    assert res.exit_code == BudgetError.exit_code and "smallest needs about" in res.output and "--budget" in res.output
     assert not (tmp_path / "w" / "experts").exists()  # no expert was trained
 
 
@@ -135,7 +135,7 @@ def test_option_errors(tmp_path):
         pack(tiny_config(tmp_path, budget=None))  # neither --budget nor --max-bytes
     res = CliRunner().invoke(main, ["pack", "digits", "-o", str(tmp_path / "x.d3"), "--budget", "10",
                                     "--device", "cuda:7", "-q"])
-    assert res.exit_code == 1 and "Error:" in res.output
+    assert res.exit_code == ConfigError.exit_code and "Error:" in res.output
 
 
 def test_partition_is_balanced_contiguous_and_complete():

@@ -21,8 +21,14 @@ from d3fmt.sources import DEFAULT_HOLDOUT, open_source, pixel_stats
 from d3fmt.sources.idx import FASHION_MNIST_DIR, FASHION_MNIST_NAMES
 from d3fmt.sources.shards import expand_braces
 from d3fmt.sources.spec import stratified_holdout
-from d3fmt.sources.synthetic import (make_idx_dir, make_npz, make_shapes_folder,
-                                     make_webdataset_shards, render_class, shape_classes)
+from d3fmt.sources.synthetic import (
+    make_idx_dir,
+    make_npz,
+    make_shapes_folder,
+    make_webdataset_shards,
+    render_class,
+    shape_classes,
+)
 
 BILINEAR = Image.Resampling.BILINEAR
 MUTANTS, SEED_SHIFT = 12, 0   # raise these locally for a longer fuzz run (200+ passed)

@@ -14,8 +14,15 @@ import pytest
 from PIL import Image
 
 from d3fmt.errors import ConfigError
-from d3fmt.sources.synthetic import (MAX_CLASSES, make_idx_dir, make_npz, make_shapes_folder,
-                                     make_webdataset_shards, render_class, shape_classes)
+from d3fmt.sources.synthetic import (
+    MAX_CLASSES,
+    make_idx_dir,
+    make_npz,
+    make_shapes_folder,
+    make_webdataset_shards,
+    render_class,
+    shape_classes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -113,15 +113,17 @@ def to_size(images: np.ndarray, labels: np.ndarray, side: int, channels: int) ->
 
 
 def write_png_folder(root: str, pixels: np.ndarray, labels: np.ndarray) -> int:
-    from PIL import Image
+    from d3fmt.png import png_bytes
 
     total = 0
     for i, (img, y) in enumerate(zip(pixels, labels)):
         d = os.path.join(root, f"{y:04d}")
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, f"{i:06d}.png")
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
-        total += os.path.getsize(path)
+        data = png_bytes(img)
+        with open(path, "wb") as f:
+            f.write(data)
+        total += len(data)
     return total
 
 
@@ -289,10 +291,9 @@ def run_one(kind: str, path: str, workers: int, batch: int, threads: int) -> dic
 
 def environment() -> dict:
     import torch
+    from machine import cpu_model  # tools/machine.py: this script's directory is on sys.path
 
     import d3fmt
-
-    from machine import cpu_model  # tools/machine.py: this script's directory is on sys.path
 
     return {
         "cpu": cpu_model(),

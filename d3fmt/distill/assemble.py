@@ -22,19 +22,18 @@ from d3fmt.distill.trainer import DistillResult
 from d3fmt.errors import BudgetError
 from d3fmt.evaluate import EvalConfig
 from d3fmt.format import D3Container, budget_fields, encode_d3
+from d3fmt.format.model import Budget, Header, Provenance, Subtask, TensorNames
 from d3fmt.models.decoder import build_decoder
 
 EVAL_RESERVE = 384  # header bytes kept free for evaluation records added later
 MIN_STREAM_PER_CLASS = 50  # the default stream's samples per class and epoch, at least
 
-def subtask_entry(i: int, classes: list[int], plan: BudgetPlan, soft: bool) -> dict:
+
+def subtask_entry(i: int, classes: list[int], plan: BudgetPlan, soft: bool) -> Subtask:
     dec = plan.decoders[i]
     names = build_decoder(dec).state_dict().keys()
-    tensors = {"mu": f"s{i}.mu", "logvar": f"s{i}.logvar", "decoder": {n: f"s{i}.dec.{n}" for n in names}}
-    if soft:
-        tensors["soft"] = f"s{i}.soft"
-    return {"id": i, "classes": classes, "latents_per_class": plan.latents_per_class, "z_dim": plan.z_dim,
-            "decoder": dec, "tensors": tensors}
+    return Subtask(id=i, classes=classes, latents_per_class=plan.latents_per_class, z_dim=plan.z_dim, decoder=dec,
+                   tensors=TensorNames.of(i, names, soft))
 
 
 def default_stream_size(latents_per_class: int) -> int:
@@ -44,23 +43,24 @@ def default_stream_size(latents_per_class: int) -> int:
 
 
 def make_header(info, parts, plan, ipc, max_bytes, mean, std, cfg: PackConfig, lr: float) -> dict:
+    """The header (as JSON) of a job's file, before training: no evaluation yet, bytes_used 0."""
     soft = cfg.soft_labels
-    return {
-        "image_shape": list(info.image_shape),
-        "num_classes": info.num_classes,
-        "class_names": list(info.class_names),
-        "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "labels": "soft" if soft else "hard",
-        "samples_per_class": cfg.samples_per_class or default_stream_size(plan.latents_per_class),
-        "train": {"lr": float(lr)},
-        "subtasks": [subtask_entry(i, p, plan, soft) for i, p in enumerate(parts)],
-        "budget": {**budget_fields(ipc, info.num_classes, info.image_shape, 0), "max_bytes": max_bytes,
-                   "choices": plan.choices()},
-        "provenance": {"source": info.name, "source_hash": info.content_hash, "settings": settings_json(cfg),
-                       "d3fmt_version": __version__,
-                       "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
-        "evals": [],
-    }
+    return Header(
+        image_shape=list(info.image_shape),
+        num_classes=info.num_classes,
+        class_names=list(info.class_names),
+        normalization={"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        labels="soft" if soft else "hard",
+        samples_per_class=cfg.samples_per_class or default_stream_size(plan.latents_per_class),
+        train={"lr": float(lr)},
+        subtasks=[subtask_entry(i, p, plan, soft) for i, p in enumerate(parts)],
+        budget=Budget.from_json({**budget_fields(ipc, info.num_classes, info.image_shape, 0), "max_bytes": max_bytes,
+                                 "choices": plan.choices()}),
+        provenance=Provenance(source=info.name, source_hash=info.content_hash, settings=settings_json(cfg),
+                              d3fmt_version=__version__,
+                              created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        evals=[],
+    ).to_json()
 
 
 def tensors_of(header: dict, plan: BudgetPlan, results: list[DistillResult], soft: list[np.ndarray] | None):

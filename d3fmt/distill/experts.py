@@ -38,9 +38,9 @@ from safetensors import safe_open
 
 from d3fmt.augment import DSAParams, crop_flip, dsa
 from d3fmt.distill.storage import load_json, save_json, save_tensors
-from d3fmt.seeds import mix_seed
-from d3fmt.errors import ConfigError
+from d3fmt.errors import ConfigError, TrainingError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig, flatten_params, load_flat_
+from d3fmt.seeds import mix_seed
 
 CACHE_VERSION = 1
 AUGMENTS = ("dsa", "cropflip", "none")
@@ -303,7 +303,7 @@ def _train_one(x, y, netcfg: ConvNetConfig, cfg: ExpertConfig, index: int, devic
         traj.append(flatten_params(net).cpu())
         info = {"loss": loss_sum / n, "train_accuracy": correct / n}
         if not math.isfinite(info["loss"]):
-            raise ConfigError(f"expert {index} diverged (loss {info['loss']}); lower the expert lr")
+            raise TrainingError(f"expert {index} diverged (loss {info['loss']}); lower the expert lr")
         _report(progress, index, epoch, info)
     return traj, {"train_loss": info["loss"], "train_accuracy": info["train_accuracy"]}
 

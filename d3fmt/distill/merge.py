@@ -34,9 +34,11 @@ from d3fmt.distill.settings import PackConfig, config_from_settings, run_key
 from d3fmt.errors import BudgetError, ConfigError, D3Error, FormatError, MergeError
 from d3fmt.evaluate import EvalConfig, EvalResult, evaluate_representation
 from d3fmt.format import D3Container, D3Reader, budget_fields, encode_d3, read_d3, write_d3
+from d3fmt.format.container import atomic_write
+from d3fmt.format.model import Budget, Header, Subtask
+from d3fmt.format.sections import soft_section
 from d3fmt.progress import bar
 from d3fmt.representation import Representation
-from d3fmt.format.container import atomic_write
 
 # Settings that may differ between parts: where the data and the test set live, and how
 # the merged file is evaluated (decided at the merge).
@@ -204,23 +206,24 @@ def combine(parts: list[Part], complete: bool = True) -> D3Container:
         encodings.update(part.container.encodings)
     entries.sort(key=lambda e: e["id"])
     ids = [e["id"] for e in entries]
-    header = copy.deepcopy(ref)
-    header["subtasks"] = entries
-    header["labels"] = "hard"
-    header["evals"] = []
-    header["train"] = {"lr": float(np.mean([lrs[i] for i in ids]))}
-    budget = header["budget"]
-    header["budget"] = {**budget_fields(budget["ipc"], header["num_classes"], header["image_shape"], 0),
-                        "max_bytes": budget["max_bytes"], "choices": budget.get("choices", {})}
-    prov = header["provenance"]
-    prov["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    header = Header.from_json(ref)
+    header.subtasks = [Subtask.from_json(e) for e in entries]
+    header.labels = "hard"
+    header.evals = []
+    header.train = {"lr": float(np.mean([lrs[i] for i in ids]))}
+    budget = header.budget
+    header.budget = Budget.from_json({**budget_fields(budget.ipc, header.num_classes, header.image_shape, 0),
+                                      "max_bytes": budget.max_bytes,
+                                      "choices": budget.choices if budget.choices is not None else {}})
+    prov = header.provenance
+    prov.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if complete:
-        header.pop("partial", None)
-        prov.pop("part", None)
+        header.partial = None
+        prov.part = None
     else:
-        prov["part"] = {**prov["part"], "subtasks": ids, "lr": [lrs[i] for i in ids],
-                        "expert_accuracy": [accs[i] for i in ids]}
-    return D3Container(header, tensors, encodings)
+        prov.part = {**prov.part, "subtasks": ids, "lr": [lrs[i] for i in ids],
+                     "expert_accuracy": [accs[i] for i in ids]}
+    return D3Container(header.to_json(), tensors, encodings)
 
 
 def expert_accuracy(parts: list[Part]) -> list[float]:
@@ -246,7 +249,7 @@ def add_soft_labels(container: D3Container, teacher, device) -> None:
     encoding = header["budget"].get("choices", {}).get("soft_encoding", "int8")
     for i, probs in soft_labels(teacher, container, device).items():
         entry = next(e for e in header["subtasks"] if e["id"] == i)
-        name = f"s{i}.soft"
+        name = soft_section(i)
         entry["tensors"]["soft"] = name
         container.tensors[name] = probs
         container.encodings[name] = encoding

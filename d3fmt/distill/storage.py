@@ -2,37 +2,26 @@
 
 A crash or Ctrl-C in the middle of a write must never leave a half-written expert or
 checkpoint that a later ``--resume`` would trust: every file is written to a temporary
-name in the same directory, flushed, and renamed over the target (``os.replace`` is
-atomic on POSIX and Windows). No pickle: tensors go to safetensors, scalars to JSON.
+name in the same directory, flushed, fsynced and renamed over the target
+(:func:`d3fmt.format.container.atomic_write`, the one atomic writer). No pickle:
+tensors go to safetensors, scalars to JSON.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
 
-from d3fmt.errors import ConfigError
+from d3fmt.errors import D3IOError
+from d3fmt.format.container import atomic_write
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -49,7 +38,7 @@ def load_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path}: {e}; delete the file to start this cache afresh") from e
+        raise D3IOError(f"cannot read {path}: {e}; delete the file to start this cache afresh") from e
 
 
 def rng_state_tensor(generator: torch.Generator) -> torch.Tensor:

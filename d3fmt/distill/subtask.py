@@ -22,6 +22,7 @@ from d3fmt.models.decoder import DecoderConfig
 from d3fmt.progress import bar
 from d3fmt.seeds import derive_seed
 
+
 def distill_subtask(ctx: PackContext, i: int, device) -> tuple[DistillResult, Trajectories | None]:
     """Experts + autoencoder + distillation of subtask ``i``; randomness from (seed, i) only.
 

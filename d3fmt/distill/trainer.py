@@ -63,7 +63,7 @@ from d3fmt.distill.experts import Trajectories
 from d3fmt.distill.mmd import BANDWIDTHS, mmd2
 from d3fmt.distill.mtt import trajectory_matching_loss
 from d3fmt.distill.storage import restore_rng, rng_state_tensor, save_tensors
-from d3fmt.errors import ConfigError
+from d3fmt.errors import ConfigError, D3IOError, TrainingError
 from d3fmt.models.convnet import ConvNet, ParamLayout, functional_features
 from d3fmt.models.decoder import Decoder, DecoderConfig, build_decoder
 from d3fmt.representation import tanh_to_normalized
@@ -377,7 +377,7 @@ def _iteration(task: _Task, state: _State) -> dict[str, float]:
     weight = cfg.mmd_weight if (cfg.mmd_weight > 0 or not warming) else 1.0
     total = mtt + weight * mmd
     if not torch.isfinite(total):
-        raise ConfigError(
+        raise TrainingError(
             f"distillation diverged at iteration {state.iteration} (loss {float(total)}); lower lr_lr / lr_prior / lr_decoder"
         )
     optimizers = (state.opt_prior, state.opt_decoder) if warming else (state.opt_prior, state.opt_decoder, state.opt_lr)
@@ -486,7 +486,7 @@ def _load_checkpoint(path: Path, state: _State, key: str, iterations: int) -> No
             meta = json.loads(f.metadata()["d3fmt_checkpoint"])
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # unreadable / foreign file
-        raise ConfigError(f"cannot read checkpoint {path}: {e}; delete it to start afresh") from e
+        raise D3IOError(f"cannot read checkpoint {path}: {e}; delete it to start afresh") from e
     if meta.get("version") != CHECKPOINT_VERSION or meta.get("key") != key:
         raise ConfigError(f"checkpoint {path} was made with other settings or data; resume with the same settings or delete it")
     if meta["iteration"] > iterations:

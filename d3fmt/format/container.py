@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from d3fmt.errors import ConfigError, FormatError, IntegrityError, LimitError
+from d3fmt.errors import ConfigError, D3IOError, FormatError, IntegrityError, LimitError
 from d3fmt.format import compression
 from d3fmt.format.constants import (
     FLAG_HEADER_ZSTD,
@@ -219,7 +219,7 @@ def atomic_write(path, data: bytes) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ConfigError(f"cannot write {path}: directory {directory} does not exist")
+        raise D3IOError(f"cannot write {path}: directory {directory} does not exist")
     try:
         mode = os.stat(path).st_mode & 0o777
     except OSError:
@@ -235,7 +235,7 @@ def atomic_write(path, data: bytes) -> None:
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise D3IOError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

@@ -11,6 +11,8 @@ import numpy as np
 
 from d3fmt.format.container import D3Container
 from d3fmt.format.header import budget_fields
+from d3fmt.format.model import Budget, Header, Provenance, Subtask, TensorNames
+from d3fmt.format.sections import tensor_names
 
 
 def example_container(
@@ -26,48 +28,41 @@ def example_container(
     """num_classes classes split round-robin over num_subtasks subtasks, one linear decoder each."""
     rng = np.random.default_rng(seed)
     c, h, w = image_shape
-    header = {
-        "image_shape": [c, h, w],
-        "num_classes": num_classes,
-        "class_names": [f"class{k}" for k in range(num_classes)],
-        "normalization": {"mean": [0.5] * c, "std": [0.25] * c},
-        "labels": "soft" if soft else "hard",
-        "samples_per_class": 10,
-        "subtasks": [],
-        "budget": budget_fields(1, num_classes, image_shape, 0),
-        "provenance": {
-            "source": "example",
-            "source_hash": "0" * 16,
-            "settings": {"seed": seed},
-            "d3fmt_version": "0.1.0",
-            "created": "2025-01-01T00:00:00Z",
-        },
-        "evals": [],
-    }
+    header = Header(
+        image_shape=[c, h, w],
+        num_classes=num_classes,
+        class_names=[f"class{k}" for k in range(num_classes)],
+        normalization={"mean": [0.5] * c, "std": [0.25] * c},
+        labels="soft" if soft else "hard",
+        samples_per_class=10,
+        subtasks=[],
+        budget=Budget.from_json(budget_fields(1, num_classes, image_shape, 0)),
+        provenance=Provenance(source="example", source_hash="0" * 16, settings={"seed": seed},
+                              d3fmt_version="0.1.0", created="2025-01-01T00:00:00Z"),
+        evals=[],
+    )
     tensors: dict[str, np.ndarray] = {}
     encodings: dict[str, str] = {}
     for i in range(num_subtasks):
         classes = list(range(i, num_classes, num_subtasks))
         rows = len(classes) * latents_per_class
-        names = {"mu": f"s{i}.mu", "logvar": f"s{i}.logvar",
-                 "decoder": {"fc.weight": f"s{i}.dec.fc.weight", "fc.bias": f"s{i}.dec.fc.bias"}}
+        names = tensor_names(i, ["fc.weight", "fc.bias"], soft)  # dict: the writer below indexes it
         tensors[names["mu"]] = rng.standard_normal((rows, z_dim)).astype(np.float32)  # [K_i*L, z]
         tensors[names["logvar"]] = rng.standard_normal((rows, z_dim)).astype(np.float32) - 2  # [K_i*L, z]
-        tensors[f"s{i}.dec.fc.weight"] = rng.standard_normal((c * h * w, z_dim)).astype(np.float32)  # [CHW, z]
-        tensors[f"s{i}.dec.fc.bias"] = rng.standard_normal(c * h * w).astype(np.float32)  # [CHW]
+        tensors[names["decoder"]["fc.weight"]] = rng.standard_normal((c * h * w, z_dim)).astype(np.float32)  # [CHW, z]
+        tensors[names["decoder"]["fc.bias"]] = rng.standard_normal(c * h * w).astype(np.float32)  # [CHW]
         if soft:
-            names["soft"] = f"s{i}.soft"
             logits = rng.standard_normal((rows, num_classes))  # [K_i*L, K]
             tensors[names["soft"]] = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
         for name in names.values():
             for n in (name.values() if isinstance(name, dict) else [name]):
                 encodings[n] = encoding
-        header["subtasks"].append({
-            "id": i,
-            "classes": classes,
-            "latents_per_class": latents_per_class,
-            "z_dim": z_dim,
-            "decoder": {"family": "linear", "z_dim": z_dim, "channels": c, "image_size": h},
-            "tensors": names,
-        })
-    return D3Container(header, tensors, encodings)
+        header.subtasks.append(Subtask(
+            id=i,
+            classes=classes,
+            latents_per_class=latents_per_class,
+            z_dim=z_dim,
+            decoder={"family": "linear", "z_dim": z_dim, "channels": c, "image_size": h},
+            tensors=TensorNames.from_json(names),
+        ))
+    return D3Container(header.to_json(), tensors, encodings)

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from d3fmt.errors import SourceError
-from d3fmt.sources.base import BadImages, Part, READ_ERRORS, one_line
+from d3fmt.sources.base import READ_ERRORS, BadImages, Part, one_line
 from d3fmt.sources.images import resize_images, to_channels
 
 LAYOUTS = ("NHW", "NHWC", "NCHW")

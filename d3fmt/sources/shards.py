@@ -34,8 +34,7 @@ import numpy as np
 from d3fmt.errors import SourceError
 from d3fmt.sources.base import READ_ERRORS, BadImages, ChunkFiller, Part, SourceParts, one_line
 from d3fmt.sources.hashing import hash_files
-from d3fmt.sources.images import (IMAGE_EXTENSIONS, ImageDecodeError, decode_image,
-                                  look_at_images)
+from d3fmt.sources.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, look_at_images
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LABEL_EXTENSIONS = ("cls", "cls.txt")
