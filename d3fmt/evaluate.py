@@ -7,6 +7,11 @@ model's accuracy on the real held-out test set -- never the best accuracy seen d
 training, which would peek at the test set. The test set is touched exactly once per
 run, after the last epoch.
 
+Length: ``EvalConfig.epochs`` passes, or ``EvalConfig.steps`` SGD steps (``--steps``): the
+number of passes then follows from the training data's size at the batch size, so a D3
+stream and real subsets of any size train for exactly the same steps (lr / 10 at half the
+steps); records then carry ``steps`` and the protocol string says both.
+
 - :func:`evaluate_representation` trains on a decoded D3 stream: every epoch draws fresh
   samples with the loader's sampling contract (:mod:`d3fmt.dataset`: ``samples_per_class``
   items per class, the prior means included when soft labels are used), labelled with the
