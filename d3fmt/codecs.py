@@ -26,9 +26,11 @@ The codecs (``CODECS``; names are what ``--codecs`` takes):
                         are stored as RGB and decoded to L), its images tiled row-major in
                         a ``ceil(sqrt(n))``-column sheet, unused tiles black
 ``jpeg-q50/75/90``      the same sheets as baseline JPEG (Pillow, quality q, mode L or RGB)
-``down2-4bit``          every image downsampled to half its side (Pillow bilinear,
-``down2-8bit``          antialiased), 4-bit posterised or kept 8-bit, one block, zstd 19;
-                        decoded back to H x W with Pillow bilinear
+``down2-4bit``          every image downsampled to half its side (Pillow BOX: the mean of
+``down2-8bit``          each 2 x 2 block), 4-bit posterised or kept 8-bit, one block,
+                        zstd 19; decoded back to H x W with Pillow bilinear (on 200
+                        Fashion-MNIST images the round trip's mean error is 17.6 grey
+                        levels with BOX, 20.0 with a bilinear downsample)
 ======================  ===================================================================
 
 Blocks are class-major (images sorted by label, stably), as the subset is chosen.
@@ -137,13 +139,12 @@ def unposterize(q: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(q.astype(np.float32) * (255.0 / top)).astype(np.uint8)
 
 
-def resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 [N, C, H', W'] -> [N, C, h, w], Pillow bilinear per channel plane (antialiased
-    when shrinking)."""
+def resize(x: np.ndarray, h: int, w: int, method=Image.BILINEAR) -> np.ndarray:
+    """uint8 [N, C, H', W'] -> [N, C, h, w], Pillow ``method`` per channel plane."""
     out = np.empty((x.shape[0], x.shape[1], h, w), dtype=np.uint8)
     for i in range(x.shape[0]):
         for c in range(x.shape[1]):
-            out[i, c] = np.asarray(Image.fromarray(np.ascontiguousarray(x[i, c])).resize((w, h), Image.BILINEAR))
+            out[i, c] = np.asarray(Image.fromarray(np.ascontiguousarray(x[i, c])).resize((w, h), method))
     return out
 
 
@@ -162,7 +163,7 @@ class BlockCodec:
         _, c, h, w = x.shape
         if self.factor > 1:
             _, sh, sw = self.small_shape((c, h, w))
-            x = resize(x, sh, sw)
+            x = resize(x, sh, sw, Image.BOX)  # area average of each 2 x 2 block
         q = x if self.bits == 8 else posterize(x, self.bits)
         return [_zstd(np.ascontiguousarray(q).tobytes())]
 
@@ -250,7 +251,7 @@ def _family() -> dict[str, Codec]:
     codecs += [Codec(f"post{k}", f"{k}-bit posterised, one block, zstd-19", BlockCodec(bits=k)) for k in (2, 3, 4)]
     codecs += [Codec(f"webp-q{q}", f"WebP q{q}, one sheet per class", SheetCodec("WEBP", q)) for q in (30, 50, 75)]
     codecs += [Codec(f"jpeg-q{q}", f"JPEG q{q}, one sheet per class", SheetCodec("JPEG", q)) for q in (50, 75, 90)]
-    codecs += [Codec(f"down2-{b}bit", f"half side, {b}-bit, one block, zstd-19, bilinear upsampled",
+    codecs += [Codec(f"down2-{b}bit", f"half side (2x2 means), {b}-bit, one block, zstd-19, bilinear up",
                      BlockCodec(bits=b, factor=2)) for b in (4, 8)]
     return {c.name: c for c in codecs}
 
