@@ -7,6 +7,13 @@
   encodes them (default settings, mode L or RGB); labels cost nothing (an ImageFolder's
   directory names). The subset is chosen so that its PNGs fit and one more image per
   class would not.
+- **codecs** (``d3 baseline codecs SRC --budget B``): the same balanced random subset kept
+  with each codec of :mod:`d3fmt.codecs` (PNG, zstd, posterised, WebP/JPEG sheets,
+  downsampled): the largest n per class whose stored bytes (blobs plus a label list) fit,
+  each trained and tested; :func:`run_codecs` / :func:`evaluate_codecs` return one
+  :class:`CodecResult` per codec. :func:`compare_file` (``d3 eval FILE --compare``) and
+  :func:`compare_same_bytes` (for ``d3 pack``'s final evaluation) train the family at a
+  .d3 file's exact bytes and give the ``compare`` object of its evaluation record.
 - **full** (``d3 baseline full SRC``): every training image, the ceiling.
 
 Both train fresh models with :func:`d3fmt.evaluate.evaluate_real` (DSA, SGD, lr / 10 at
@@ -16,14 +23,22 @@ they train on -- all that a holder of those images would know.
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from d3fmt.codecs import (
+    CODECS,
+    DEFAULT_COMPARE,
+    class_orders,
+    decode,
+    decode_png,
+    fit_subset,
+    parse_codecs,
+    png_bytes,
+)
 from d3fmt.errors import ConfigError
 from d3fmt.evaluate import (
     EvalConfig,
@@ -34,21 +49,6 @@ from d3fmt.evaluate import (
     pixel_mean_std,
 )
 from d3fmt.format.header import budget_bytes
-from d3fmt.png import png_bytes as encode_png
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """One uint8 image [C, H, W] (C = 1 or 3) as a PNG file (:func:`d3fmt.png.png_bytes`)."""
-    if image.shape[0] not in (1, 3):
-        raise ConfigError(f"PNG baselines need 1 or 3 channels, the source has {image.shape[0]}")
-    return encode_png(image.transpose(1, 2, 0))
-
-
-def decode_png(data: bytes, channels: int) -> np.ndarray:
-    """PNG bytes -> uint8 [C, H, W] (what a user of the saved files would train on)."""
-    with Image.open(io.BytesIO(data)) as pil:
-        arr = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 @dataclass
@@ -79,11 +79,7 @@ def choose_random_subset(train_x: np.ndarray, train_y: np.ndarray, num_classes: 
     n. Images are encoded one round (one per class) at a time until the next round would
     exceed the cap, or a class has no image left.
     """
-    train_y = np.asarray(train_y, dtype=np.int64)
-    orders = []
-    for c in range(num_classes):
-        members = np.flatnonzero(train_y == c)
-        orders.append(np.random.default_rng([int(seed), c]).permutation(members))
+    orders = class_orders(train_y, num_classes, seed)
     limit = min(len(o) for o in orders)
     chosen: list[list[tuple[int, bytes]]] = [[] for _ in range(num_classes)]
     used, n, next_bytes = 0, 0, None
@@ -199,3 +195,185 @@ def run_full(cfg: BaselineConfig, progress=None) -> BaselineResult:
     ev = evaluate_real(x, y, test.x, test.y, info.num_classes, mean, std, cfg.evaluation, progress=progress)
     size = sum(len(png_bytes(img)) for img in x)
     return BaselineResult("full", info.name, test.name, len(y), None, size, None, None, ev)
+
+
+# ---------------------------------------------------------------------------------------
+# The codec family at a byte cap (d3 baseline codecs) and at a file's bytes (d3 eval --compare)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CodecResult:
+    """One codec of the family: the largest balanced subset that fits, and its accuracy."""
+
+    codec: str
+    description: str
+    images_per_class: int  # n (0: not even one image per class fits; then no evaluation)
+    bytes: int  # exactly what is stored: blobs + label list (<= max_bytes)
+    max_bytes: int
+    next_bytes: int | None  # bytes with n + 1 per class; None if a class ran out
+    evaluation: EvalResult | None
+
+    def compare_record(self) -> dict:
+        """The ``compare`` object of an evaluation record (spec/format.md)."""
+        ev = self.evaluation
+        return {"codec": self.codec, "images_per_class": self.images_per_class, "bytes": self.bytes,
+                "accuracy": round(ev.mean, 6), "std": round(ev.std, 6), "runs": len(ev.accuracies)}
+
+    def to_json(self) -> dict:
+        return {"codec": self.codec, "description": self.description, "images_per_class": self.images_per_class,
+                "bytes": self.bytes, "max_bytes": self.max_bytes, "next_bytes": self.next_bytes,
+                "evaluation": None if self.evaluation is None else self.evaluation.to_json()}
+
+
+@dataclass
+class CodecsResult:
+    """The whole family at one byte cap."""
+
+    source: str
+    test_set: str
+    max_bytes: int
+    results: list[CodecResult]
+
+    @property
+    def best(self) -> CodecResult:
+        """The codec with the highest mean accuracy (ties: the fewer bytes)."""
+        fitted = [r for r in self.results if r.evaluation is not None]
+        return max(fitted, key=lambda r: (r.evaluation.mean, -r.bytes))
+
+    def to_json(self) -> dict:
+        return {"kind": "codecs", "source": self.source, "test_set": self.test_set, "max_bytes": self.max_bytes,
+                "best": self.best.codec, "codecs": [r.to_json() for r in self.results]}
+
+
+def evaluate_codecs(train_x: np.ndarray, train_y: np.ndarray, test: TestSet, num_classes: int, max_bytes: int,
+                    cfg: EvalConfig, codecs=None, seed: int = 0, progress=None,
+                    on_codec=None) -> list[CodecResult]:
+    """Every codec of ``codecs`` (names, default all of :data:`d3fmt.codecs.CODECS`) at ``max_bytes``.
+
+    For each: the largest balanced random subset of the real training images (class pick
+    order by ``seed``) whose stored bytes fit, decoded as a user would, trained and tested
+    with :func:`d3fmt.evaluate.evaluate_real` (normalised with its own pixel statistics).
+    A codec that cannot hold one image per class is reported with n = 0 and no evaluation;
+    when no codec can, ConfigError. ``progress(run, epoch, loss)`` is passed to the
+    training; ``on_codec(name)`` is called before each codec.
+    """
+    names = parse_codecs(codecs)
+    if max_bytes < 1:
+        raise ConfigError(f"the byte cap must be positive, got {max_bytes}")
+    train_y = np.asarray(train_y, np.int64)
+    fits = []
+    for name in names:
+        fits.append(fit_subset(name, train_x, train_y, num_classes, max_bytes, seed=seed))
+    if all(f.per_class == 0 for f in fits):
+        raise ConfigError(f"not even one image per class fits in {max_bytes:,} bytes with "
+                          f"{'any of ' if len(names) > 1 else ''}{', '.join(names)}; use a larger --budget")
+    results = []
+    for f in fits:
+        if on_codec is not None:
+            on_codec(f.codec)
+        ev = None
+        if f.per_class:
+            x, y = decode(f.encoded)  # [n*K, C, H, W] uint8, what a user of the stored bytes has
+            mean, std = pixel_mean_std(x)
+            ev = evaluate_real(x, y, test.x, test.y, num_classes, mean, std, cfg, progress=progress)
+            ev.details.update(codec=f.codec, images_per_class=f.per_class, codec_bytes=f.bytes)
+        results.append(CodecResult(f.codec, CODECS[f.codec].description, f.per_class, f.bytes, int(max_bytes),
+                                   f.next_bytes, ev))
+    return results
+
+
+def run_codecs(cfg: BaselineConfig, codecs=None, max_bytes: int | None = None, progress=None,
+               on_codec=None) -> CodecsResult:
+    """``d3 baseline codecs``: the family at ``max_bytes`` or the budget's B*K*C*H*W*4 bytes."""
+    if (cfg.budget is None) == (max_bytes is None):
+        raise ConfigError("give exactly one of --budget B (images per class) and --max-bytes N")
+    names = parse_codecs(codecs)
+    source, x, y, test = _open(cfg)
+    info = source.info
+    cap = int(max_bytes) if max_bytes is not None else budget_bytes(cfg.budget, info.num_classes, info.image_shape)
+    results = evaluate_codecs(x, y, test, info.num_classes, cap, cfg.evaluation, names, seed=cfg.seed,
+                              progress=progress, on_codec=on_codec)
+    return CodecsResult(info.name, test.name, cap, results)
+
+
+def compare_same_bytes(train_x, train_y, test: TestSet, num_classes: int, file_bytes: int, cfg: EvalConfig,
+                       codecs=None, seed: int = 0, progress=None, on_codec=None) -> CodecsResult:
+    """The family's codecs (default :data:`d3fmt.codecs.DEFAULT_COMPARE`) at a .d3 file's exact
+    bytes, trained like the file was evaluated: what ``d3 pack`` calls at its final
+    evaluation, where the source is at hand. Store ``result.best.compare_record()`` as the
+    evaluation record's ``compare``."""
+    names = parse_codecs(codecs, default=DEFAULT_COMPARE)
+    results = evaluate_codecs(train_x, train_y, test, num_classes, int(file_bytes), cfg, names, seed=seed,
+                              progress=progress, on_codec=on_codec)
+    return CodecsResult("", test.name, int(file_bytes), results)
+
+
+def compare_source(path, source: str | None = None):
+    """The real training images a .d3 file was distilled from, at its image size: the source
+    its provenance names (or ``source``), opened with the recorded test / holdout / seed so
+    the held-out images stay out. Returns (train x uint8 [N, C, H, W], train y [N]).
+    Without ``source`` the data must still have the content hash the file recorded."""
+    from d3fmt.format import D3Reader
+    from d3fmt.sources import open_source
+
+    with D3Reader(path) as reader:
+        header = reader.header
+    prov = header.get("provenance") or {}
+    settings = prov.get("settings") if isinstance(prov.get("settings"), dict) else {}
+    spec = source or settings.get("source") or prov.get("source")
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"{path} does not record its source; pass --source SRC")
+    test = settings.get("test") if isinstance(settings.get("test"), str) else None
+    holdout = settings.get("holdout") if isinstance(settings.get("holdout"), (int, float)) else None
+    src = open_source(spec, image_size=int(header["image_shape"][1]), test=test, holdout=holdout,
+                      seed=int(settings.get("seed") or 0))
+    info = src.info
+    if source is None and prov.get("source_hash") and info.content_hash != prov["source_hash"]:
+        raise ConfigError(f"{spec} is not the data {path} was distilled from (content hash differs); "
+                          "pass --source with the original data")
+    if info.num_classes != int(header["num_classes"]) or tuple(info.image_shape) != tuple(header["image_shape"]):
+        raise ConfigError(f"{spec} has {info.num_classes} classes of {list(info.image_shape)} images, "
+                          f"{path} has {header['num_classes']} of {header['image_shape']}")
+    x, y = src.load("train")
+    return x, np.asarray(y, np.int64)
+
+
+@dataclass
+class CompareResult:
+    """``d3 eval FILE --compare``: the file's evaluation and the family at its bytes."""
+
+    evaluation: EvalResult
+    test_set: str
+    file_bytes: int  # the file's size when compared (before the record was appended)
+    codecs: CodecsResult
+    record: dict  # the evaluation record, with ``compare`` (appended unless record=False)
+
+    @property
+    def margin(self) -> float:
+        """Points of accuracy over the best same-bytes codec (negative: below it)."""
+        return 100 * (self.evaluation.mean - self.codecs.best.evaluation.mean)
+
+
+def compare_file(path, test_spec: str, cfg: EvalConfig, codecs=None, source: str | None = None,
+                 record: bool = True, progress=None, on_codec=None) -> CompareResult:
+    """Evaluate a .d3 file like ``d3 eval`` and train the codec family at the file's exact byte
+    count with the same EvalConfig; append one evaluation record carrying ``compare`` (the
+    best codec: name, images per class, bytes, accuracy, std, runs)."""
+    from d3fmt.evaluate import evaluate_file
+    from d3fmt.format import D3Reader, append_eval
+
+    names = parse_codecs(codecs, default=DEFAULT_COMPARE)
+    cfg.validate()
+    with D3Reader(path) as reader:
+        file_bytes = reader.file_bytes
+        num_classes = int(reader.header["num_classes"])
+    x, y = compare_source(path, source)
+    ev, test = evaluate_file(path, test_spec, cfg, progress=progress, record=False)
+    family = compare_same_bytes(x, y, test, num_classes, file_bytes, cfg, names, progress=progress,
+                                on_codec=on_codec)
+    rec = ev.record(test.name)
+    rec["compare"] = family.best.compare_record()
+    if record:
+        append_eval(path, rec)
+    return CompareResult(ev, test.name, file_bytes, family, rec)

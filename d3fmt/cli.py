@@ -17,7 +17,7 @@ from d3fmt import __version__
 from d3fmt.distill.presets import DEFAULTS as D
 from d3fmt.distill.presets import NAMES as PRESET_NAMES
 from d3fmt.distill.presets import preset_values
-from d3fmt.errors import D3Error, TrainingError
+from d3fmt.errors import ConfigError, D3Error, TrainingError
 
 
 class _Group(click.Group):
@@ -219,6 +219,10 @@ def _eval_options(fn):
         click.option("--model", type=click.Choice(["convnet", "resnet18"]), default="convnet", show_default=True,
                      help="convnet: what D3 distils for; resnet18: transfer to an unseen architecture."),
         click.option("--epochs", default=300, show_default=True, help="Training epochs per run (lr / 10 at half)."),
+        click.option("--steps", type=int,
+                     help="Total SGD steps per run; overrides --epochs. The passes over the data follow from its "
+                          "size at --batch-size (the last one cut short), so a .d3 stream and real subsets of any "
+                          "size train for exactly the same steps; lr / 10 at half the steps."),
         click.option("--runs", default=1, show_default=True, help="Independent runs; mean and std are reported."),
         click.option("--lr", type=float, help="SGD learning rate [d3 eval: the file's learned lr; baselines: 0.01]."),
         click.option("--batch-size", default=256, show_default=True, help="Training batch size."),
@@ -237,11 +241,11 @@ def _eval_options(fn):
     return fn
 
 
-def _eval_config(model, epochs, runs, lr, batch_size, width, dsa, seed, device, **extra):
+def _eval_config(model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device, **extra):
     from d3fmt.device import resolve_device
     from d3fmt.evaluate import EvalConfig
 
-    cfg = EvalConfig(model=model, epochs=epochs, runs=runs, lr=lr, batch_size=batch_size, width=width,
+    cfg = EvalConfig(model=model, epochs=epochs, steps=steps, runs=runs, lr=lr, batch_size=batch_size, width=width,
                      dsa="" if dsa in ("none", "") else dsa, seed=seed, device=str(resolve_device(device)), **extra)
     cfg.validate()
     return cfg
@@ -255,9 +259,20 @@ def _progress(pbar):
     return tick
 
 
+def _schedule(ev) -> str:
+    return f"{ev.epochs} epochs" if ev.steps is None else f"{ev.steps} steps ({ev.epochs} passes)"
+
+
 def _accuracy_line(ev) -> str:
-    return (f"{ev.model}: {ev.mean:.2%} +- {ev.std:.2%} over {len(ev.accuracies)} run(s), {ev.epochs} epochs, "
-            f"final model")
+    return f"{ev.model}: {ev.mean:.2%} +- {ev.std:.2%} over {len(ev.accuracies)} run(s), {_schedule(ev)}, final model"
+
+
+def _train_bar(quiet, cfg, desc):
+    """A bar over passes: runs x epochs, or (step-based: passes follow from the data size) open-ended."""
+    from d3fmt.progress import bar
+
+    total = cfg.runs * cfg.epochs if cfg.steps is None else None
+    return bar(quiet, total=total, desc=desc, unit="epoch" if cfg.steps is None else "pass")
 
 
 @main.command("eval", context_settings={"max_content_width": 100})
@@ -269,9 +284,18 @@ def _accuracy_line(ev) -> str:
 @click.option("--labels", type=click.Choice(["auto", "hard", "soft"]), default="auto", show_default=True,
               help="auto: the stored soft labels when the file has them.")
 @click.option("--no-record", is_flag=True, help="Do not append the evaluation record to FILE.")
+@click.option("--compare", is_flag=True,
+              help="Also train the codec family (see `d3 baseline codecs`) at FILE's exact bytes on the real "
+                   "training images it was distilled from, with the same settings, and record the best codec "
+                   "with the evaluation; `d3 inspect` then shows the margin. Give --steps so that the file's "
+                   "stream and every subset get the same SGD steps (with --epochs, larger subsets get more).")
+@click.option("--compare-codecs", help="Comma-separated codecs for --compare [png,post3,webp-q50,jpeg-q75,down2-4bit].")
+@click.option("--source", "source_src",
+              help="With --compare: the real training data [the source FILE's provenance names, which must "
+                   "still have the same content hash].")
 @_eval_options
-def eval_cmd(file, test_src, samples_per_class, labels, no_record, model, epochs, runs, lr, batch_size, width, dsa,
-             seed, device, as_json, quiet):
+def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, compare_codecs, source_src, model, epochs,
+             steps, runs, lr, batch_size, width, dsa, seed, device, as_json, quiet):
     """Train fresh models on FILE's decoded stream only; test each final model on real data.
 
     \b
@@ -280,17 +304,21 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, model, epochs
     the learned learning rate, lr / 10 at half). The *final* model of each run is tested
     once on the real test set; mean and std over runs are printed and appended to FILE
     as an evaluation record (atomic rewrite, hashes updated) that `d3 inspect` shows.
+    With --compare the record also holds the best same-bytes codec and its accuracy.
     """
     import json
 
     from d3fmt.evaluate import evaluate_file, file_convnet_width
-    from d3fmt.progress import bar
 
+    if (compare_codecs or source_src) and not compare:
+        raise ConfigError("--compare-codecs and --source only apply with --compare")
     if width is None and model == "convnet":
         width = file_convnet_width(file)
-    cfg = _eval_config(model, epochs, runs, lr, batch_size, width, dsa, seed, device,
+    cfg = _eval_config(model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device,
                        samples_per_class=samples_per_class, labels=labels)
-    with bar(quiet, total=cfg.runs * cfg.epochs, desc="eval", unit="epoch") as pbar:
+    if compare:
+        return _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json, quiet)
+    with _train_bar(quiet, cfg, "eval") as pbar:
         ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record)
     if as_json:
         click.echo(json.dumps({"file": file, "test_set": test.name, "recorded": not no_record, **ev.to_json()}))
@@ -301,12 +329,54 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, model, epochs
         click.echo(f"  recorded in {file} (see `d3 inspect {file}`)")
 
 
+def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet):
+    import json
+
+    from d3fmt.baseline import compare_file
+    from d3fmt.progress import bar
+
+    with bar(quiet, total=None, desc="eval", unit="pass") as pbar:  # the file, then each codec
+        result = compare_file(file, test_src, cfg, codecs=codecs, source=source_src, record=not no_record,
+                              progress=_progress(pbar), on_codec=lambda name: pbar.set_description(name))
+    ev = result.evaluation
+    if as_json:
+        click.echo(json.dumps({"file": file, "test_set": result.test_set, "recorded": not no_record,
+                               **ev.to_json(), "compare": result.record["compare"], "margin_points": result.margin,
+                               "codecs": result.codecs.to_json()["codecs"]}))
+        return
+    click.echo(f"{_accuracy_line(ev)} on {result.test_set}")
+    click.echo(f"  {ev.protocol}")
+    click.echo(f"same {result.file_bytes:,} bytes as real images:")
+    click.echo(_codec_table(result.codecs))
+    best = result.codecs.best
+    click.echo(f"{result.margin:+.1f} points over the best same-bytes codec, {best.codec}, "
+               f"{best.images_per_class} images/class")
+    if not no_record:
+        click.echo(f"  recorded in {file} (see `d3 inspect {file}`)")
+
+
+def _codec_table(family) -> str:
+    """One line per codec: n per class, bytes, accuracy; the best marked."""
+    best = family.best.codec
+    lines = [f"  {'codec':<12} {'images/class':>12} {'bytes':>12}  {'accuracy':>17}  description"]
+    for r in family.results:
+        if r.evaluation is None:
+            acc = "does not fit"
+        else:
+            acc = f"{r.evaluation.mean:.2%} +- {r.evaluation.std:.2%}"
+        mark = "  <- best" if r.codec == best else ""
+        lines.append(f"  {r.codec:<12} {r.images_per_class:>12,} {r.bytes:>12,}  {acc:>17}  {r.description}{mark}")
+    return "\n".join(lines)
+
+
 @main.group("baseline")
 def baseline_group():
     """What a .d3 file must beat, with the protocol of `d3 eval`.
 
     \b
     d3 baseline random SRC --budget B   a random real subset, as PNGs, in the same bytes
+    d3 baseline codecs SRC --budget B   the same kept with each codec of a family (PNG, zstd,
+                                        posterised, WebP/JPEG sheets, downsampled), and the best
     d3 baseline full SRC                 every training image (the ceiling)
     """
 
@@ -315,12 +385,10 @@ def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eva
     import json
 
     from d3fmt.baseline import BaselineConfig, run_full, run_random
-    from d3fmt.progress import bar
 
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
                          out=out, evaluation=_eval_config(**eval_kw))
-    ecfg = cfg.evaluation
-    with bar(quiet, total=ecfg.runs * ecfg.epochs, desc=f"baseline {kind}", unit="epoch") as pbar:
+    with _train_bar(quiet, cfg.evaluation, f"baseline {kind}") as pbar:
         result = (run_random if kind == "random" else run_full)(cfg, progress=_progress(pbar))
     if as_json:
         click.echo(json.dumps(result.to_json()))
@@ -358,6 +426,72 @@ def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, as_
     like `d3 eval`. This is the honest competitor of a .d3 file of the same budget.
     """
     _baseline_run("random", src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet)
+
+
+@baseline_group.command("codecs", context_settings={"max_content_width": 100})
+@click.argument("src")
+@click.option("--budget", type=float, help="Images per class: the cap is B*K*C*H*W*4 bytes, as for a .d3 file.")
+@click.option("--max-bytes", type=int, help="An explicit byte cap instead of --budget (e.g. a .d3 file's size).")
+@click.option("--codecs", "codec_list",
+              help="Comma-separated codecs [all: png, zstd, post2, post3, post4, webp-q30, webp-q50, webp-q75, "
+                   "jpeg-q50, jpeg-q75, jpeg-q90, down2-4bit, down2-8bit].")
+@_test_option
+@_size_option
+@click.option("--subset-seed", default=0, show_default=True, help="Seed of the random choice of images.")
+@_eval_options
+def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size, subset_seed, as_json, quiet,
+                        **eval_kw):
+    """A balanced random subset of SRC kept with each codec of a family, in the same bytes.
+
+    \b
+    For each codec: the largest n images per class (the same random pick order as
+    `d3 baseline random`, by --subset-seed) whose stored bytes fit the cap, decoded as
+    a user would, trained and tested like `d3 eval`; then which codec is best. Bytes are
+    exactly what would be stored: the image blobs plus a label list of one byte per image.
+    \b
+      png            one PNG per image (d3 baseline random)
+      zstd           8-bit raw pixels, one block, zstd level 19
+      post2..post4   k-bit posterised pixels, one block, zstd level 19
+      webp-qQ        one lossy WebP sheet per class (images tiled), quality Q = 30, 50, 75
+      jpeg-qQ        one JPEG sheet per class, quality Q = 50, 75, 90
+      down2-4bit     half-side images (Pillow bilinear), 4-bit or 8-bit, one block, zstd 19,
+      down2-8bit     upsampled back (bilinear) to train on
+    """
+    import json
+
+    from d3fmt.baseline import BaselineConfig, run_codecs
+    from d3fmt.codecs import parse_codecs
+    from d3fmt.progress import bar
+
+    names = parse_codecs(codec_list)
+    if max_bytes is not None and max_bytes < 1:
+        raise ConfigError(f"--max-bytes must be a positive byte count, got {max_bytes}")
+    cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
+                         evaluation=_eval_config(**eval_kw))
+    started: list[str] = []
+    with bar(quiet, total=len(names), desc="codecs", unit="codec") as pbar:
+        def on_codec(name):
+            if started:
+                pbar.update(1)  # the previous codec is done
+            started.append(name)
+            pbar.set_description(name)
+
+        def tick(run, epoch, loss):
+            pbar.set_postfix(run=run + 1, loss=f"{loss:.3f}")
+
+        result = run_codecs(cfg, names, max_bytes=max_bytes, progress=tick, on_codec=on_codec)
+        pbar.update(1)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    ev = result.best.evaluation
+    click.echo(f"codecs at {result.max_bytes:,} bytes, {ev.model}, {_schedule(ev)}, {len(ev.accuracies)} run(s), "
+               f"final model on {result.test_set}:")
+    click.echo(_codec_table(result))
+    best = result.best
+    click.echo(f"best: {best.codec} ({best.images_per_class} images/class, {best.bytes:,} bytes), "
+               f"{best.evaluation.mean:.2%} +- {best.evaluation.std:.2%}")
+    click.echo(f"  {ev.protocol}")
 
 
 @baseline_group.command("full", context_settings={"max_content_width": 100})

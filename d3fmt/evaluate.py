@@ -7,6 +7,11 @@ model's accuracy on the real held-out test set -- never the best accuracy seen d
 training, which would peek at the test set. The test set is touched exactly once per
 run, after the last epoch.
 
+Length: ``EvalConfig.epochs`` passes, or ``EvalConfig.steps`` SGD steps (``--steps``): the
+number of passes then follows from the training data's size at the batch size, so a D3
+stream and real subsets of any size train for exactly the same steps (lr / 10 at half the
+steps); records then carry ``steps`` and the protocol string says both.
+
 - :func:`evaluate_representation` trains on a decoded D3 stream: every epoch draws fresh
   samples with the loader's sampling contract (:mod:`d3fmt.dataset`: ``samples_per_class``
   items per class, the prior means included when soft labels are used), labelled with the
@@ -48,6 +53,7 @@ class EvalConfig:
 
     model: str = "convnet"  # "convnet" (what D3 distils for) | "resnet18" (transfer)
     epochs: int = 300
+    steps: int | None = None  # total SGD steps per run; when set it overrides epochs (see passes())
     runs: int = 1
     lr: float | None = None  # None: the learned student lr stored in the file, else 0.01
     batch_size: int = 256
@@ -73,11 +79,27 @@ class EvalConfig:
         for name in ("epochs", "runs", "batch_size", "width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         if self.samples_per_class is not None and self.samples_per_class < 1:
             raise ConfigError(f"--samples-per-class must be at least 1, got {self.samples_per_class}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         DSAParams(strategy=self.dsa)  # ConfigError on unknown augmentation families
+
+    def passes(self, per_epoch: int) -> int:
+        """Passes over the training data of one run: ``epochs``, or with ``steps`` set as many
+        passes of ``per_epoch`` items at ``batch_size`` as the steps need (the last one cut
+        short), so a D3 stream and a real subset of any size get exactly ``steps`` SGD steps."""
+        if self.steps is None:
+            return self.epochs
+        return math.ceil(self.steps / len(batch_bounds(per_epoch, self.batch_size)))
+
+    def schedule(self, per_epoch: int) -> str:
+        """How long a run trains, as protocol strings and CLI lines say it."""
+        if self.steps is None:
+            return f"{self.epochs} epochs"
+        return f"{self.steps} steps ({self.passes(per_epoch)} passes of {per_epoch})"
 
     @property
     def model_name(self) -> str:
@@ -94,11 +116,12 @@ class EvalResult:
 
     model: str
     accuracies: list[float]
-    epochs: int
+    epochs: int  # passes over the training data per run
     protocol: str
     lr: float
     details: dict = field(default_factory=dict)
     models: list = field(default_factory=list)  # final models, when EvalConfig.keep_models
+    steps: int | None = None  # SGD steps per run, when the protocol is step-based
 
     @property
     def mean(self) -> float:
@@ -119,13 +142,14 @@ class EvalResult:
             "std": round(self.std, 6),
             "runs": len(self.accuracies),
             "epochs": self.epochs,
+            **({"steps": self.steps} if self.steps is not None else {}),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
     def to_json(self) -> dict:
         return {"model": self.model, "accuracy": self.mean, "std": self.std, "accuracies": list(self.accuracies),
-                "runs": len(self.accuracies), "epochs": self.epochs, "lr": self.lr, "protocol": self.protocol,
-                **self.details}
+                "runs": len(self.accuracies), "epochs": self.epochs, "steps": self.steps, "lr": self.lr,
+                "protocol": self.protocol, **self.details}
 
 
 def build_model(cfg: EvalConfig, channels: int, num_classes: int, image_size: int) -> torch.nn.Module:
@@ -252,19 +276,30 @@ def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progres
     """SGD with momentum and weight decay, lr / 10 at half; DSA on every batch.
 
     Sees training data only: no test data is passed in, so nothing can be selected on it.
+    ``cfg.epochs`` passes over ``epochs_fn(pass)`` (lr / 10 from pass epochs // 2 on), or
+    with ``cfg.steps`` set exactly that many SGD steps (lr / 10 from step steps // 2 on)
+    over as many passes of fresh data as they need, the last one cut short.
     """
     device = torch.device(cfg.device)
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, cfg.epochs // 2)], gamma=0.1)
     aug = DSAParams(strategy=cfg.dsa)
     g = torch.Generator().manual_seed(seed)
-    for epoch in range(cfg.epochs):
+    step, epoch, total_steps, half = 0, 0, None, None
+    while total_steps is None or step < total_steps:
         x, target = epochs_fn(epoch)
-        order = torch.randperm(x.shape[0], generator=g).to(x.device)
-        total = 0.0
         bounds = batch_bounds(x.shape[0], cfg.batch_size)
-        for start, stop in bounds:
+        if total_steps is None:  # the first pass: the data size fixes the schedule
+            if cfg.steps is None:
+                total_steps, half = cfg.epochs * len(bounds), max(1, cfg.epochs // 2) * len(bounds)
+            else:
+                total_steps, half = cfg.steps, max(1, cfg.steps // 2)
+        order = torch.randperm(x.shape[0], generator=g).to(x.device)
+        total, count = 0.0, 0
+        for start, stop in bounds[: total_steps - step]:
+            if step == half:
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.1
             idx = order[start:stop]
             xb = dsa(x[idx].to(device), aug, generator=g)
             loss = _loss(model(xb), target[idx].to(device))
@@ -272,9 +307,10 @@ def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progres
             loss.backward()
             opt.step()
             total += float(loss.detach())
-        sched.step()
+            step, count = step + 1, count + 1
         if progress is not None:
-            progress(epoch, total / len(bounds))
+            progress(epoch, total / count)
+        epoch += 1
     return model.eval()
 
 
@@ -332,10 +368,11 @@ def stored_lr(rep: Representation) -> float:
     return float(lr) if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0 else DEFAULT_LR
 
 
-def _protocol(cfg: EvalConfig, lr: float, data: str) -> str:
+def _protocol(cfg: EvalConfig, lr: float, data: str, per_epoch: int) -> str:
     width = f" width={cfg.width}"
+    steps = "" if cfg.steps is None else f" {cfg.schedule(per_epoch)}"
     return (f"{data}; {cfg.model}{width} from scratch; dsa={cfg.dsa or 'none'}; sgd lr={lr:.4g} mom={cfg.momentum} "
-            f"wd={cfg.weight_decay} bs={cfg.batch_size} lr/10@half; final model")
+            f"wd={cfg.weight_decay} bs={cfg.batch_size}{steps} lr/10@half; final model")
 
 
 def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig, progress=None) -> EvalResult:
@@ -358,7 +395,8 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
     data = f"d3 stream {per_epoch} fresh samples/epoch (labels {'soft' if soft else 'hard'})"
     details = {"samples_per_epoch": per_epoch, "labels": "soft" if soft else "hard", "width": cfg.width,
                "test_images": len(test_y)}
-    return EvalResult(cfg.model_name, accs, cfg.epochs, _protocol(cfg, lr, data), lr, details, models)
+    return EvalResult(cfg.model_name, accs, cfg.passes(per_epoch), _protocol(cfg, lr, data, per_epoch), lr, details,
+                      models, cfg.steps)
 
 
 def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg: EvalConfig,
@@ -375,7 +413,8 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
     accs, models = _run_all(task, cfg, progress)
     data = f"{len(train_y)} real images"
     details = {"train_images": len(train_y), "width": cfg.width, "test_images": len(test_y)}
-    return EvalResult(cfg.model_name, accs, cfg.epochs, _protocol(cfg, lr, data), lr, details, models)
+    return EvalResult(cfg.model_name, accs, cfg.passes(len(train_y)), _protocol(cfg, lr, data, len(train_y)), lr,
+                      details, models, cfg.steps)
 
 
 def evaluate_file(path, test_spec: str, cfg: EvalConfig, *, progress=None, record: bool = True) -> tuple[EvalResult, TestSet]:

@@ -9,12 +9,15 @@ from tqdm.auto import tqdm
 
 
 class _Silent:
-    """A do-nothing bar with tqdm's update/set_postfix interface."""
+    """A do-nothing bar with tqdm's update/set_postfix/set_description interface."""
 
     def update(self, n: int = 1) -> None:
         pass
 
     def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def set_description(self, *args, **kwargs) -> None:
         pass
 
 

@@ -126,3 +126,151 @@ def test_cli_baseline_errors_are_one_line(tmp_path):
     assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: --budget must be > 0")
     res = CliRunner().invoke(main, ["baseline", "full", str(tmp_path / "nope"), *FAST])
     assert res.exit_code == SourceError.exit_code and res.output.startswith("Error:") and "Traceback" not in res.output
+
+
+# --- the codec family: d3 baseline codecs, d3 eval --compare -------------------------------------------------
+
+STEPS = ["--steps", "2", "--width", "8", "--device", "cpu", "-q"]
+
+
+def test_cli_codecs_table_names_every_codec_and_the_best():
+    res = CliRunner().invoke(main, ["baseline", "codecs", "digits", "--budget", "2", "--codecs", "png,post3,jpeg-q75",
+                                    *STEPS])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("codecs at 5,120 bytes, convnet-8, 2 steps")
+    rows = {line.split()[0]: line for line in lines[2:5]}
+    assert list(rows) == ["png", "post3", "jpeg-q75"]
+    assert sum("<- best" in line for line in lines) == 1
+    assert any(line.startswith("best: ") for line in lines) and "2 steps" in lines[-1]
+
+
+def test_cli_codecs_json_counts_exact_bytes_and_trains_the_decoded_subset(digits_train):
+    from d3fmt.codecs import decode, fit_subset
+
+    src, x, y = digits_train
+    res = CliRunner().invoke(main, ["baseline", "codecs", "digits", "--max-bytes", "6000", "--codecs",
+                                    "png,down2-8bit", "--runs", "2", "--json", *STEPS])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["kind"] == "codecs" and out["max_bytes"] == 6000
+    by_name = {c["codec"]: c for c in out["codecs"]}
+    assert out["best"] == max(by_name.values(), key=lambda c: c["evaluation"]["accuracy"])["codec"]
+    for name, c in by_name.items():
+        fit = fit_subset(name, x, y, 10, 6000)  # the library's answer, independently
+        assert c["images_per_class"] == fit.per_class and c["bytes"] == fit.bytes <= 6000 < c["next_bytes"]
+        ev = c["evaluation"]
+        assert ev["runs"] == 2 and ev["steps"] == 2 and ev["train_images"] == 10 * fit.per_class
+        assert len(decode(fit.encoded)[1]) == ev["train_images"]
+    assert by_name["png"]["images_per_class"] < by_name["down2-8bit"]["images_per_class"]
+
+
+def test_codecs_library_returns_a_result_per_codec(digits_train):
+    from d3fmt.baseline import BaselineConfig, run_codecs
+    from d3fmt.evaluate import EvalConfig
+
+    cfg = BaselineConfig(source="digits", budget=1, evaluation=EvalConfig(steps=1, width=8))
+    seen = []
+    result = run_codecs(cfg, ["post2", "webp-q30"], on_codec=seen.append)
+    assert seen == ["post2", "webp-q30"] and [r.codec for r in result.results] == seen
+    assert result.max_bytes == 2560 and all(r.bytes <= 2560 and r.evaluation.steps == 1 for r in result.results)
+    assert result.best in result.results
+    rec = result.best.compare_record()
+    assert set(rec) == {"codec", "images_per_class", "bytes", "accuracy", "std", "runs"}
+
+
+def test_cli_codecs_errors_are_one_line():
+    cases = [
+        (["--budget", "1", "--codecs", "png,gif"], "Error: unknown codec 'gif'; choose from png, zstd"),
+        (["--max-bytes", "50"], "Error: not even one image per class fits in 50 bytes with any of"),
+        (["--budget", "1", "--max-bytes", "100"], "Error: give exactly one of --budget B"),
+        ([], "Error: give exactly one of --budget B"),
+        (["--max-bytes", "0"], "Error: --max-bytes must be a positive byte count"),
+        (["--budget", "1", "--steps", "0"], "Error: --steps must be at least 1"),
+    ]
+    for args, start in cases:
+        res = CliRunner().invoke(main, ["baseline", "codecs", "digits", *args, *STEPS[2:]])
+        assert res.exit_code == ConfigError.exit_code and res.output.startswith(start), (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+
+
+def digits_file(tmp_path, source_hash=None):
+    """A tiny .d3 file (random decoder) that records `digits` as its source."""
+    from d3fmt.format import write_d3
+    from d3fmt.representation import random_container
+
+    container = random_container(num_classes=10, image_shape=(1, 8, 8), z_dim=4, width=8, latents_per_class=1,
+                                 samples_per_class=4)
+    container.header["provenance"].update(
+        source="digits", source_hash=source_hash or open_source("digits").info.content_hash,
+        settings={"source": "digits", "seed": 0})
+    path = tmp_path / "digits.d3"
+    write_d3(path, container)
+    return path
+
+
+def test_cli_eval_compare_records_the_best_codec_and_inspect_shows_the_margin(tmp_path):
+    from d3fmt.format import D3Reader
+
+    path = digits_file(tmp_path)
+    size = path.stat().st_size
+    res = CliRunner().invoke(main, ["eval", str(path), "--test", "digits", "--compare", "--compare-codecs",
+                                    "png,post3", "--runs", "2", *STEPS])
+    assert res.exit_code == 0, res.output
+    assert f"same {size:,} bytes as real images:" in res.output
+    with D3Reader(path) as r:
+        r.verify()
+        (rec,) = r.header["evals"]
+    cmp = rec["compare"]
+    assert cmp["codec"] in ("png", "post3") and cmp["runs"] == 2 and 0 < cmp["bytes"] <= size
+    assert rec["steps"] == 2 and "held-out" in rec["test_set"]  # the split pack held out, for both
+    margin = f"{100 * (rec['accuracy'] - cmp['accuracy']):+.1f} points over the best same-bytes codec, " \
+             f"{cmp['codec']}, {cmp['images_per_class']} images/class"
+    assert margin in res.output
+    shown = CliRunner().invoke(main, ["inspect", str(path)])
+    assert shown.exit_code == 0 and margin in shown.output
+    summary = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
+    assert summary["evals"][0]["compare"] == cmp
+
+
+def test_cli_eval_compare_json_and_no_record(tmp_path):
+    path = digits_file(tmp_path)
+    before = path.read_bytes()
+    res = CliRunner().invoke(main, ["eval", str(path), "--test", "digits", "--compare", "--compare-codecs", "zstd",
+                                    "--no-record", "--json", *STEPS])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["compare"]["codec"] == "zstd" and out["recorded"] is False
+    assert out["margin_points"] == pytest.approx(100 * (out["accuracy"] - out["codecs"][0]["evaluation"]["accuracy"]))
+    assert path.read_bytes() == before
+
+
+def test_cli_eval_compare_errors_are_one_line(tmp_path):
+    moved = digits_file(tmp_path, source_hash="f" * 16)  # the recorded data changed since
+    cases = [
+        (["--compare"], "Error: digits is not the data"),
+        (["--compare-codecs", "png"], "Error: --compare-codecs and --source only apply with --compare"),
+        (["--compare", "--compare-codecs", "bmp", "--source", "digits"], "Error: unknown codec 'bmp'"),
+    ]
+    for args, start in cases:
+        res = CliRunner().invoke(main, ["eval", str(moved), "--test", "digits", *args, *STEPS])
+        assert res.exit_code == ConfigError.exit_code and res.output.startswith(start), (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+
+
+def test_compare_records_validate_and_old_records_stay_valid(tmp_path):
+    from d3fmt.errors import FormatError
+    from d3fmt.format import append_eval
+
+    path = digits_file(tmp_path)
+    base = {"model": "convnet-8", "protocol": "p", "test_set": "t", "accuracy": 0.5, "std": 0.0, "runs": 1,
+            "epochs": 3, "date": "2026-01-01T00:00:00Z"}
+    append_eval(path, base)  # no compare: valid as before
+    good = {"codec": "post3", "images_per_class": 25, "bytes": 31_000, "accuracy": 0.6, "std": 0.01, "runs": 2}
+    append_eval(path, {**base, "steps": 100, "compare": good})
+    for bad in ({**good, "images_per_class": 0}, {k: v for k, v in good.items() if k != "codec"},
+                {**good, "accuracy": 1.5}):
+        with pytest.raises(FormatError, match="compare"):
+            append_eval(path, {**base, "compare": bad})
+    shown = CliRunner().invoke(main, ["inspect", str(path)])
+    assert "-10.0 points over the best same-bytes codec, post3, 25 images/class" in shown.output

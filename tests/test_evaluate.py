@@ -226,3 +226,57 @@ def test_test_accuracy_counts_correct_predictions():
 
     x = np.zeros((4, 1, 2, 2), np.uint8)
     assert evaluate.test_accuracy(Fixed(), x, np.array([1, 1, 0, 1]), [0.5], [0.5], "cpu", batch_size=3) == 0.75
+
+
+def record_sgd_steps(monkeypatch) -> list[float]:
+    """The learning rate of every SGD step taken from now on."""
+    lrs = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kw):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return lrs
+
+
+def test_steps_give_stream_and_real_subset_the_same_sgd_steps(tmp_path, digits, monkeypatch):
+    src, tx, ty = digits
+    x, y = src.load("train")
+    with D3Reader(digits_like(tmp_path)) as r:
+        rep = Representation.from_reader(r)  # 10 classes x 4 samples = 40 items per pass
+    cfg = EvalConfig(steps=10, batch_size=16, width=16, lr=0.05)
+    lrs = record_sgd_steps(monkeypatch)
+    passes = []
+    stream = evaluate_representation(rep, tx[:50], ty[:50], cfg, progress=lambda run, e, loss: passes.append(e))
+    assert lrs == [0.05] * 5 + [pytest.approx(0.005)] * 5  # 10 steps, lr / 10 at half the steps
+    assert passes == [0, 1, 2, 3]  # 3 batches a pass: 4 passes, each one drawing fresh samples
+    assert stream.steps == 10 and stream.epochs == 4 and "10 steps (4 passes of 40)" in stream.protocol
+    lrs.clear()
+    real = evaluate_real(x[:100], y[:100], tx[:50], ty[:50], 10, [0.3], [0.4], cfg)
+    assert len(lrs) == 10 and real.epochs == 2 and "10 steps (2 passes of 100)" in real.protocol
+    rec = real.record("t")
+    assert rec["steps"] == 10 and rec["epochs"] == 2
+    assert "steps" not in evaluate_real(x[:20], y[:20], tx[:5], ty[:5], 10, [0.3], [0.4],
+                                        EvalConfig(epochs=1, width=8)).record("t")  # epoch-based: as before
+
+
+def test_passes_follow_from_the_data_size():
+    cfg = EvalConfig(steps=1000, batch_size=256)
+    assert cfg.passes(60_000) == 5 and cfg.passes(256) == 1000 and cfg.passes(610) == 334  # 3 batches of 610
+    assert EvalConfig(epochs=7).passes(123) == 7
+    with pytest.raises(ConfigError, match="--steps must be at least 1"):
+        EvalConfig(steps=0).validate()
+
+
+def test_cli_eval_steps_are_recorded_and_shown(tmp_path):
+    path = digits_like(tmp_path)
+    res = CliRunner().invoke(main, ["eval", str(path), "--test", "digits", "--steps", "5", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "5 steps (5 passes)" in res.output  # 40 items a pass at batch size 256: one step a pass
+    with D3Reader(path) as r:
+        (rec,) = r.header["evals"]
+    assert rec["steps"] == 5
+    shown = CliRunner().invoke(main, ["inspect", str(path)])
+    assert "5 steps" in shown.output

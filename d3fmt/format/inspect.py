@@ -75,7 +75,8 @@ def summarize(path, verify: bool = False) -> dict:
         ],
         "subtasks": subtasks,
         "evals": [
-            {k: e[k] for k in ("model", "protocol", "test_set", "accuracy", "std", "runs", "epochs", "date")}
+            {**{k: e[k] for k in ("model", "protocol", "test_set", "accuracy", "std", "runs", "epochs", "date")},
+             **{k: e[k] for k in ("steps", "compare") if k in e}}
             for e in h["evals"]
         ],
         "provenance": h["provenance"],
@@ -99,6 +100,14 @@ def _class_ranges(classes: list[int]) -> str:
 def _names(names: list[str], limit: int = 12) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
+
+
+def compare_margin(record: dict) -> str:
+    """'+x.x points over the best same-bytes codec, <codec>, n images/class (its accuracy)'."""
+    c = record["compare"]
+    points = 100 * (record["accuracy"] - c["accuracy"])
+    return (f"{points:+.1f} points over the best same-bytes codec, {c['codec']}, {c['images_per_class']} "
+            f"images/class ({100 * c['accuracy']:.2f}% +- {100 * c['std']:.2f}, {c['bytes']:,} bytes, {c['runs']} runs)")
 
 
 def render_text(summary: dict) -> str:
@@ -127,10 +136,13 @@ def render_text(summary: dict) -> str:
     if s["evals"]:
         lines.append(f"evals      {len(s['evals'])}")
         for e in s["evals"]:
+            length = f"{e['steps']} steps" if "steps" in e else f"{e['epochs']} epochs"
             lines.append(
                 f"  {e['model']} on {e['test_set']} ({e['protocol']}): "
-                f"{100 * e['accuracy']:.2f}% +- {100 * e['std']:.2f}  ({e['runs']} runs, {e['epochs']} epochs, {e['date']})"
+                f"{100 * e['accuracy']:.2f}% +- {100 * e['std']:.2f}  ({e['runs']} runs, {length}, {e['date']})"
             )
+            if "compare" in e:
+                lines.append(f"    {compare_margin(e)}")
     else:
         lines.append("evals      none (run `d3 eval FILE --test SRC`)")
     p = s["provenance"]
