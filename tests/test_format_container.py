@@ -147,7 +147,7 @@ def test_reader_notices_a_file_that_changed_size(tmp_path):
 
 
 def test_newer_minor_version_and_unknown_keys_are_accepted(tmp_path):
-    c = example_container()
+    c = example_container(family="small")
     c.header["future_key"] = {"anything": [1, 2]}
     c.header["subtasks"][0]["future"] = True
     data = bytearray(encode_d3(c, compress_header=False))
@@ -212,7 +212,7 @@ def test_write_to_a_missing_directory_is_a_clean_error(tmp_path):
 
 def test_append_eval_keeps_sections_byte_for_byte(tmp_path):
     path = tmp_path / "a.d3"
-    write_d3(path, example_container(num_subtasks=3, soft=True, encoding="int8"))
+    write_d3(path, example_container(num_subtasks=3, soft=True, encoding="int8", family="small"))
     before = D3Reader(path)
     stored = {s.name: before.stored_bytes(s.name) for s in before.sections}
     size = append_eval(path, EVAL)

@@ -24,9 +24,9 @@ PEAK_LIMIT = 32 * 2**20  # the inputs are ~3 KB; the caps alone must keep memory
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 VALID = {
-    "zstd": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, encoding="int8")),
-    "raw": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True), codec="raw", compress_header=False),
-    "f16": encode_d3(example_container(num_classes=3, latents_per_class=2, encoding="float16")),
+    "zstd": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, encoding="int8", family="small")),
+    "raw": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, family="small"), codec="raw", compress_header=False),
+    "f16": encode_d3(example_container(num_classes=3, latents_per_class=2, encoding="float16", family="small")),
 }
 
 

@@ -19,8 +19,17 @@ from itertools import islice
 
 import jsonschema
 
+import numpy as np
+
 from d3fmt.errors import ConfigError, FormatError, LimitError
-from d3fmt.format.constants import CODECS, MAX_NAME_CHARS, MAX_TOTAL_RAW_BYTES
+from d3fmt.format.constants import (
+    CODECS,
+    MAX_JSON_DEPTH,
+    MAX_JSON_INT,
+    MAX_JSON_VALUES,
+    MAX_NAME_CHARS,
+    MAX_TOTAL_RAW_BYTES,
+)
 from d3fmt.format.encoding import FLOAT_ENCODINGS, get_encoding, raw_size
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -72,15 +81,60 @@ def _unique_keys(pairs: list) -> dict:
     return d
 
 
+def _bounded_int(token: str) -> int:
+    value = int(token) if len(token) <= 20 else MAX_JSON_INT + 1  # 2**63 has 19 digits
+    if not -MAX_JSON_INT - 1 <= value <= MAX_JSON_INT:
+        shown = token if len(token) <= 24 else f"{token[:12]}...({len(token)} digits)"
+        raise LimitError(f"header JSON integer {shown} is outside [-2**63, 2**63-1]; the file is corrupt")
+    return value
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        shown = token if len(token) <= 24 else token[:21] + "..."
+        raise FormatError(f"header JSON number {shown} overflows to infinity; only finite numbers are allowed")
+    return value
+
+
+# A JSON string (no structure inside); what is left of the text is brackets, commas,
+# colons, numbers, literals and whitespace.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_DEPTH_CHUNK = 1 << 20
+
+
+def check_json_size(raw: bytes) -> None:
+    """LimitError if the JSON text nests deeper than MAX_JSON_DEPTH or holds more than
+    MAX_JSON_VALUES values: linear in its length, no recursion, before any parsing."""
+    bare = _JSON_STRING.sub(b'""', raw).translate(None, b" \t\r\n")
+    codes = np.frombuffer(bare, np.uint8)
+    depth = 0
+    for start in range(0, len(codes), _DEPTH_CHUNK):
+        part = codes[start:start + _DEPTH_CHUNK]
+        step = ((part == 0x5B) | (part == 0x7B)).astype(np.int32) - ((part == 0x5D) | (part == 0x7D))
+        run = np.cumsum(step) + depth
+        if run.size and run.max() > MAX_JSON_DEPTH:
+            raise LimitError(f"header JSON is nested too deeply: more than {MAX_JSON_DEPTH} levels (the cap)")
+        depth = int(run[-1]) if run.size else depth
+    opens = bare.count(b"[") + bare.count(b"{")
+    values = 1 + bare.count(b",") + opens - bare.count(b"[]") - bare.count(b"{}")
+    if values > MAX_JSON_VALUES:
+        raise LimitError(f"header JSON holds {values} values, more than the cap of {MAX_JSON_VALUES}")
+
+
 def parse_header(raw: bytes) -> dict:
     """Header dict from its raw bytes: strict UTF-8, strict JSON, an object at the top."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise FormatError("header starts with a UTF-8 byte-order mark; write the JSON without a BOM")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError(f"header is not valid UTF-8 (byte {exc.start}); the file is corrupt") from None
+    check_json_size(raw)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except RecursionError:
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys,
+                         parse_int=_bounded_int, parse_float=_finite_float)
+    except RecursionError:  # pragma: no cover - check_json_size bounds the depth first
         raise FormatError("header JSON is nested too deeply; the file is corrupt or hostile") from None
     except FormatError:
         raise
