@@ -133,6 +133,7 @@ def assemble(header: dict, payloads: list[SectionPayload], *, compress_header: b
     """
     if not isinstance(header, dict):
         raise ConfigError(f"a container header must be a dict, not {type(header).__name__}")
+    dump_header(header)  # plain JSON within the reader's limits, before anything recurses into it
     header = copy.deepcopy(header)
     header.pop("sections", None)
     rel, pos = [], 0
@@ -414,6 +415,7 @@ def append_eval(path, record: dict) -> int:
     so int8 and float16 tensors stay exactly as they were.
     """
     check_eval_record(record)
+    dump_header(record)  # within the JSON limits (depth, values, integers) before it is copied
     reader = D3Reader(path)
     payloads = []
     for s in reader.sections:

@@ -59,13 +59,20 @@ class SectionInfo:
 
 
 def dump_header(header: dict) -> bytes:
-    """Canonical header bytes: compact, sorted keys, UTF-8, no NaN (same dict, same bytes)."""
+    """Canonical header bytes: compact, sorted keys, UTF-8, no NaN (same dict, same bytes).
+
+    The bytes are parsed back, so a writer never writes what a reader refuses (JSON
+    depth, value count, integer range)."""
     try:
         text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
+        raw = text.encode("utf-8")
+    except RecursionError:
+        raise FormatError("header is nested too deeply to write; keep it under 64 levels") from None
     except (TypeError, ValueError) as exc:  # also UnicodeEncodeError (lone surrogates)
         msg = " ".join(str(exc).split())[:120]
         raise FormatError(f"header is not plain JSON ({msg}); use str/int/float/bool/list/dict values") from None
+    parse_header(raw)
+    return raw
 
 
 def _reject_constant(name: str):
