@@ -58,7 +58,7 @@ def main():
 @main.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.option("--verify", is_flag=True, help="Check every section hash; exit 1 on a mismatch.")
+@click.option("--verify", is_flag=True, help="Check the whole file (hashes, every section decoded, decoders buildable); exit 1 if it would not load and sample.")
 def inspect_cmd(file: str, as_json: bool, verify: bool):
     """Summarise a .d3 file: size, budget, classes, sections, subtasks, accuracy."""
     import json

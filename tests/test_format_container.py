@@ -147,7 +147,7 @@ def test_reader_notices_a_file_that_changed_size(tmp_path):
 
 
 def test_newer_minor_version_and_unknown_keys_are_accepted(tmp_path):
-    c = example_container()
+    c = example_container(family="small")
     c.header["future_key"] = {"anything": [1, 2]}
     c.header["subtasks"][0]["future"] = True
     data = bytearray(encode_d3(c, compress_header=False))
@@ -212,7 +212,7 @@ def test_write_to_a_missing_directory_is_a_clean_error(tmp_path):
 
 def test_append_eval_keeps_sections_byte_for_byte(tmp_path):
     path = tmp_path / "a.d3"
-    write_d3(path, example_container(num_subtasks=3, soft=True, encoding="int8"))
+    write_d3(path, example_container(num_subtasks=3, soft=True, encoding="int8", family="small"))
     before = D3Reader(path)
     stored = {s.name: before.stored_bytes(s.name) for s in before.sections}
     size = append_eval(path, EVAL)
@@ -263,3 +263,26 @@ def test_writer_refuses_a_header_beyond_the_cap(monkeypatch):
     monkeypatch.setattr(cm, "MAX_HEADER_BYTES", 1000)
     with pytest.raises(LimitError, match="header is"):
         encode_d3(example_container())
+
+
+def test_writer_refuses_what_the_reader_would_refuse(tmp_path):
+    """Depth, integer range: write_d3 and append_eval fail with one FormatError line, write nothing."""
+    from d3fmt.errors import LimitError
+
+    deep = None
+    for _ in range(5000):
+        deep = [deep]
+    for edit, exc in ((lambda c: c.header.update(future=deep), FormatError),
+                      (lambda c: c.header["provenance"]["settings"].update(x=deep[0][0]), FormatError),
+                      (lambda c: c.header.update(future=2**64), LimitError)):
+        c = example_container()
+        edit(c)
+        with pytest.raises(exc):
+            write_d3(tmp_path / "w.d3", c)
+    assert not (tmp_path / "w.d3").exists()
+    path = tmp_path / "a.d3"
+    write_d3(path, example_container())
+    before = path.read_bytes()
+    with pytest.raises(FormatError, match="nested too deeply"):
+        append_eval(path, {**EVAL, "extra": deep})
+    assert path.read_bytes() == before

@@ -24,9 +24,9 @@ PEAK_LIMIT = 32 * 2**20  # the inputs are ~3 KB; the caps alone must keep memory
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 VALID = {
-    "zstd": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, encoding="int8")),
-    "raw": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True), codec="raw", compress_header=False),
-    "f16": encode_d3(example_container(num_classes=3, latents_per_class=2, encoding="float16")),
+    "zstd": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, encoding="int8", family="small")),
+    "raw": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, family="small"), codec="raw", compress_header=False),
+    "f16": encode_d3(example_container(num_classes=3, latents_per_class=2, encoding="float16", family="small")),
 }
 
 
@@ -166,3 +166,36 @@ def test_unmutated_inputs_read_fine(tmp_path, name):
     path = tmp_path / "v.d3"
     path.write_bytes(VALID[name])
     assert read_everything(path) == "ok"
+
+
+@FUZZ
+@given(edit=header_edits())
+def test_fast_schema_walker_agrees_with_jsonschema(edit):
+    """validate_schema's own walker (linear, ~1 us a value) accepts exactly what jsonschema accepts."""
+    from d3fmt.errors import FormatError
+    from d3fmt.format.header import _validate_with_jsonschema, validate_schema
+
+    header = edit[0]
+    verdicts = []
+    for check in (validate_schema, _validate_with_jsonschema):
+        try:
+            check(header)
+            verdicts.append("ok")
+        except FormatError as exc:
+            verdicts.append(str(exc).split(":")[0])  # "header field <path>"
+    assert (verdicts[0] == "ok") == (verdicts[1] == "ok"), verdicts
+
+
+def test_fuzz_campaign_short_run():
+    """tools/fuzz_reader.py (the campaign, benchmarks/fuzz.md) for 2,000 mutants: no crash."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("fuzz_reader", Path(__file__).parent.parent / "tools" / "fuzz_reader.py")
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    result = fuzz.run(2000, seed=7, crash_dir=None, checkpoint=0)
+    assert result["exceptions_outside_d3error"] == 0, result["crash_examples"][:3]
+    assert set(result["mutation_kinds"]) == {"bytes", "header", "section"}
+    assert result["outcomes"].get("ok", 0) > 0 and {"FormatError", "IntegrityError", "LimitError"} <= set(result["outcomes"])
+    assert result["slowest"]["seconds"] < 5, result["slowest"]  # the campaign's bar is 1 s; CI machines are shared

@@ -38,6 +38,17 @@ def golden_container():
     return c
 
 
+def golden_zstd_sections_container():
+    """The golden container plus tensors that zstd shrinks: their sections are stored as zstd frames."""
+    c = golden_container()
+    c.tensors["s0.zeros"] = np.zeros((16, 16), np.float32)
+    c.tensors["s0.ramp"] = np.tile(np.arange(32, dtype=np.int16), 8)
+    c.encodings["s0.ramp"] = "int16"
+    c.tensors["s0.q"] = np.repeat(np.linspace(-1, 1, 8, dtype=np.float32), 32).reshape(8, 32)
+    c.encodings["s0.q"] = "int8"
+    return c
+
+
 def _check_or_update(name: str, data: bytes) -> bytes:
     path = GOLDEN / name
     if os.environ.get("D3_UPDATE_GOLDEN") == "1":
@@ -61,6 +72,24 @@ def test_zstd_golden_file_still_decodes_to_the_same_tensors():
         np.testing.assert_array_equal(back.tensors[name], raw.tensors[name])
     assert back.header["evals"] == raw.header["evals"]
     assert D3Reader(GOLDEN / "tiny_zstd.d3").preamble.flags == 1
+
+
+def test_zstd_sections_golden_file_decodes_and_holds_zstd_frames():
+    """tiny_zstd_sections.d3: zstd sections (and header); libzstd may change its bytes, never their meaning."""
+    c = golden_zstd_sections_container()
+    _check_or_update("tiny_zstd_sections.d3", encode_d3(golden_zstd_sections_container()))
+    reader = D3Reader(GOLDEN / "tiny_zstd_sections.d3")
+    reader.verify(decoders=False)
+    codecs = {s.name: s.codec for s in reader.sections}
+    assert codecs["s0.zeros"] == codecs["s0.ramp"] == codecs["s0.q"] == "zstd" and "raw" in codecs.values()
+    assert reader.preamble.flags == 1
+    back = reader.load()
+    for name in ("s0.zeros", "s0.ramp"):
+        np.testing.assert_array_equal(back.tensors[name], c.tensors[name])
+    np.testing.assert_allclose(back.tensors["s0.q"], c.tensors["s0.q"], atol=1 / 127)
+    raw = read_d3(GOLDEN / "tiny_raw.d3")
+    for name in raw.tensors:
+        np.testing.assert_array_equal(back.tensors[name], raw.tensors[name])
 
 
 def _independent_read(data: bytes) -> dict[str, np.ndarray]:
@@ -94,7 +123,7 @@ def _independent_read(data: bytes) -> dict[str, np.ndarray]:
 
 
 def test_independent_spec_reader_agrees_with_the_library():
-    for name in ("tiny_raw.d3", "tiny_zstd.d3"):
+    for name in ("tiny_raw.d3", "tiny_zstd.d3", "tiny_zstd_sections.d3"):
         data = (GOLDEN / name).read_bytes()
         mine = _independent_read(data)
         lib = read_d3(GOLDEN / name).tensors

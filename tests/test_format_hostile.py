@@ -22,10 +22,11 @@ from d3fmt.format.example import example_container
 from d3fmt.format.layout import Preamble, align, digest
 
 
-def base(encoding: str = "float32", num_classes: int = 4, num_subtasks: int = 2, soft: bool = True):
+def base(encoding: str = "float32", num_classes: int = 4, num_subtasks: int = 2, soft: bool = True,
+         family: str = "linear"):
     """(header with sections, {name: stored bytes}) of a valid raw, uncompressed file."""
     data = encode_d3(example_container(num_classes=num_classes, num_subtasks=num_subtasks, soft=soft,
-                                       encoding=encoding), codec="raw", compress_header=False)
+                                       encoding=encoding, family=family), codec="raw", compress_header=False)
     stored_len = struct.unpack_from("<Q", data, 16)[0]
     header = json.loads(data[PREAMBLE_BYTES:PREAMBLE_BYTES + stored_len])
     stored = {s["name"]: data[s["offset"]:s["offset"] + s["stored_bytes"]] for s in header["sections"]}
@@ -34,7 +35,7 @@ def base(encoding: str = "float32", num_classes: int = 4, num_subtasks: int = 2,
 
 def craft(header, stored, *, layout=True, used=True, hashes=True, header_bytes=None, compress=False,
           flags=None, major=1, minor=0, magic=MAGIC, stored_len=None, raw_len=None, header_hash=None,
-          extra_pad=0, pad_byte=b"\0", tail=b"", truncate=None, after_layout=None) -> bytes:
+          extra_pad=0, pad_byte=b"\0", tail=b"", truncate=None, after_layout=None, header_json=None) -> bytes:
     """File bytes from a header dict and stored section bytes, consistent unless told otherwise.
 
     layout: recompute offsets/stored_bytes (the spec's fixed point, plus extra_pad);
@@ -67,6 +68,8 @@ def craft(header, stored, *, layout=True, used=True, hashes=True, header_bytes=N
             budget["bytes_used"] = first + extra_pad + pos + len(tail)
         raw = header_bytes if header_bytes is not None else json.dumps(
             header, sort_keys=True, separators=(",", ":")).encode()
+        if header_json is not None:
+            raw = header_json(raw)
         hb = zstandard.ZstdCompressor(level=3).compress(raw) if compress else raw
         need = align(PREAMBLE_BYTES + len(hb))
         if not layout or need <= first:
@@ -112,16 +115,18 @@ def frame(payload: bytes, *, content_size: int | None, window_log: int | None = 
 def open_all(path):
     """Everything a reader can be asked to do with a file."""
     reader = D3Reader(path)
-    reader.verify()
+    reader.verify(decoders=False)  # the corpus' stand-in "linear" decoders are not d3fmt's
     reader.load()
 
 
-def with_(edit, **kw):
-    """A case: edit(header, stored) in place on a fresh base, then craft with kw."""
+def with_(edit, header_json=None, **kw):
+    """A case: edit(header, stored) in place on a fresh base, then craft with kw;
+    header_json(text) -> text edits the canonical JSON bytes (for tokens json.dumps never
+    writes, such as 1e999 or 4.0) before the header is placed and hashed."""
     def build():
         header, stored = base()
         edit(header, stored)
-        return craft(header, stored, **kw)
+        return craft(header, stored, header_json=header_json, **kw)
     return build
 
 
@@ -144,6 +149,12 @@ def replace_section(name, stored_bytes, **fields):
     return edit
 
 
+def deep_text(levels: int):
+    """A header_json edit: the string "DEEP" becomes arrays nested ``levels`` deep (json.dumps
+    and copy.deepcopy would recurse, so the hostile value is written as text)."""
+    return lambda text: text.replace(b'"DEEP"', b"[" * levels + b"]" * levels)
+
+
 W = np.arange(6, dtype="<f4").tobytes()  # 24 bytes: s0.mu of the base is [2, 2] -> 16; see cases
 
 CASES = {
@@ -155,6 +166,8 @@ CASES = {
     "03_major_version": (with_(nothing, major=2), UnsupportedVersionError, "version 2.0"),
     "04_unknown_flags": (with_(nothing, flags=0x10), FormatError, "unknown flag bits 0x10"),
     "05_header_stored_cap": (with_(nothing, stored_len=16 * 2**20 + 1), LimitError, "header stored length"),
+    "05_header_ratio": (with_(nothing, compress=True, header_json=lambda t: t + b" " * (2 << 20)),
+                        LimitError, "compressed header of"),
     "05_header_raw_cap": (with_(nothing, compress=True, raw_len=2**40), LimitError, "header raw length"),
     "06_header_beyond_file": (with_(nothing, stored_len=10**6), FormatError, "the header needs"),
     "06_header_zero_length": (with_(nothing, stored_len=0), FormatError, "header length is zero"),
@@ -174,8 +187,30 @@ CASES = {
     "11_not_object": (with_(nothing, header_bytes=b"[1,2]", layout=False), FormatError, "not an object"),
     "11_deep_nesting": (with_(nothing, header_bytes=b"[" * 200000, layout=False), FormatError, "nested too deeply"),
     "11_huge_integer": (with_(nothing, header_bytes=b'{"a":' + b"9" * 5000 + b"}", layout=False),
-                        FormatError, "not valid JSON"),
+                        LimitError, "outside [-2**63, 2**63-1]"),
+    "11_bom": (with_(nothing, header_bytes=b"\xef\xbb\xbf{}", layout=False), FormatError, "byte-order mark"),
+    "11_depth_65": (with_(nothing, header_bytes=b'{"a":' + b"[" * 64 + b"]" * 64 + b"}", layout=False),
+                    LimitError, "more than 64 levels"),
+    "11_deep_unknown_key": (with_(lambda h, s: h.update(future="DEEP"), header_json=deep_text(500)),
+                            LimitError, "nested too deeply"),
+    "11_deep_settings": (with_(lambda h, s: h["provenance"]["settings"].update(x="DEEP"), header_json=deep_text(500)),
+                         LimitError, "nested too deeply"),
+    "11_deep_choices": (with_(lambda h, s: h["budget"].update(choices={"x": "DEEP"}), header_json=deep_text(500)),
+                        LimitError, "nested too deeply"),
+    "11_overflow_1e400": (with_(lambda h, s: None, header_json=lambda t: t.replace(b'"std":[0.25]', b'"std":[1e400]')),
+                          FormatError, "1e400 overflows to infinity"),
+    "11_overflow_1e999": (with_(lambda h, s: h.update(train={"lr": 0.5}),
+                                header_json=lambda t: t.replace(b'"lr":0.5', b'"lr":1e999')),
+                          FormatError, "1e999 overflows to infinity"),
+    "11_int_2_63": (with_(lambda h, s: h["sections"][0].update(stored_bytes=2**63), layout=False),
+                    LimitError, "9223372036854775808 is outside"),
+    "11_too_many_values": (with_(lambda h, s: h.update(future=[0] * 100_000)), LimitError, "values, more than the cap"),
     # --- schema
+    "12_float_token_for_int": (with_(nothing, header_json=lambda t: t.replace(b'"num_classes":4', b'"num_classes":4.0')),
+                               FormatError, "field num_classes"),
+    "12_exponent_for_int": (with_(nothing, header_json=lambda t: t.replace(b'"samples_per_class":10',
+                                                                        b'"samples_per_class":1e1')),
+                            FormatError, "field samples_per_class"),
     "12_missing_key": (with_(lambda h, s: h.pop("budget")), FormatError, "'budget' is a required property"),
     "12_float_for_int": (with_(lambda h, s: h.update(num_classes=4.0)), FormatError, "field num_classes"),
     "12_bool_for_int": (with_(lambda h, s: h.update(samples_per_class=True)), FormatError, "field samples_per_class"),
@@ -188,6 +223,9 @@ CASES = {
     # --- sections
     "13_duplicate_name": (with_(lambda h, s: h["sections"][1].update(name=h["sections"][0]["name"]), hashes=False),
                           FormatError, "appears twice"),
+    "13_long_name": (with_(lambda h, s: s.update({"n" * 257: s[h["sections"][0]["name"]]})
+                           or h["sections"][0].update(name="n" * 257)),
+                     FormatError, "field sections/0/name"),
     "13_bad_name": (with_(lambda h, s: s.update({"a b": s[h["sections"][0]["name"]]})
                           or h["sections"][0].update(name="a b")),
                     FormatError, "field sections/0/name"),
@@ -200,6 +238,15 @@ CASES = {
     "15_total_cap": (
         with_(lambda h, s: [x.update(shape=[2**28], raw_bytes=2**30, codec="zstd") for x in h["sections"][:5]]),
         LimitError, "together declare"),
+    "15_empty_huge_dim": (with_(lambda h, s: h["sections"][0].update(shape=[0, 2**62], raw_bytes=0, codec="zstd")),
+                          LimitError, "dimension above the per-section cap"),
+    "15_empty_huge_product": (
+        with_(lambda h, s: h["sections"][0].update(shape=[0, 2**30, 2**30], raw_bytes=0, codec="zstd")),
+        LimitError, "counting zero dimensions as 1"),
+    "15_eight_big_dims": (with_(lambda h, s: h["sections"][0].update(shape=[2**30] * 8, raw_bytes=0, codec="zstd")),
+                          LimitError, "per-section cap"),
+    "16_huge_latents_per_class": (with_(lambda h, s: h["subtasks"][0].update(latents_per_class=2**62)),
+                                  FormatError, "expected [9223372036854775808, 2]"),
     "16_raw_bytes_mismatch": (with_(lambda h, s: h["sections"][0].update(raw_bytes=h["sections"][0]["raw_bytes"] + 4)),
                               FormatError, "raw bytes but"),
     "16_int8_scalar": (with_(lambda h, s: h["sections"][0].update(dtype="int8", shape=[], raw_bytes=1)),
@@ -261,7 +308,22 @@ CASES = {
     "32_int8_negative_scale": (
         with_(replace_section("s0.dec.fc.bias", struct.pack("<16f", *([-1.0] * 16)) + bytes(16),
                               dtype="int8", raw_bytes=80)), FormatError, "scale"),
+    "32_int8_huge_scale": (
+        with_(replace_section("s0.dec.fc.bias", struct.pack("<16f", *([3.4e38] * 16)) + bytes(16),
+                              dtype="int8", raw_bytes=80)), FormatError, "decode to infinity"),
+    "33_nan_values": (with_(replace_section("s0.mu", struct.pack("<4f", 0.0, float("nan"), 1.0, 2.0))),
+                      FormatError, "NaN or infinite values"),
+    "33_inf_float16": (with_(replace_section("s0.dec.fc.bias", struct.pack("<16e", *([float("inf")] * 16)),
+                                             dtype="float16", raw_bytes=32)), FormatError, "NaN or infinite values"),
 }
+
+
+def deep(levels: int, leaf=None):
+    """A JSON value nested ``levels`` arrays deep (built without recursion)."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -285,8 +347,8 @@ def test_craft_without_edits_gives_a_valid_file(tmp_path):
 
 
 def test_every_spec_rule_has_a_hostile_case():
-    rules = {int(name[:2]) for name in CASES}
-    assert rules == set(range(1, 33))
+    rules = {int(name[:2]) for name in CASES} | {int(name[:2]) for name in DECODER_CASES}
+    assert rules == set(range(1, 35))
 
 
 def test_padding_between_sections_is_checked_by_verify(tmp_path):
@@ -303,3 +365,67 @@ def test_padding_between_sections_is_checked_by_verify(tmp_path):
     reader.load()
     with pytest.raises(FormatError, match="padding before section"):
         reader.verify()
+
+
+def decoder_case(edit):
+    """A file whose format is sound but whose (real, "small") decoder d3fmt cannot build."""
+    def build():
+        header, stored = base(family="small")
+        edit(header["subtasks"][0]["decoder"])
+        return craft(header, stored)
+    return build
+
+
+DECODER_CASES = {  # rule 34: checked by verify() (and D3Dataset), not by load()
+    "34_decoder_missing_width": (decoder_case(lambda d: d.pop("width")), "missing keys ['width']"),
+    "34_decoder_unknown_family": (decoder_case(lambda d: d.update(family="linear")), "family 'linear' is unknown"),
+    "34_decoder_image_mismatch": (decoder_case(lambda d: d.update(image_size=8)), "does not match z_dim / image_shape"),
+    "34_decoder_wrong_width": (decoder_case(lambda d: d.update(width=16)), "config needs"),
+    "34_decoder_bad_value": (decoder_case(lambda d: d.update(width=10**18)), "out of range"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECODER_CASES))
+def test_verify_rejects_a_decoder_d3fmt_cannot_build(case, tmp_path):
+    build, fragment = DECODER_CASES[case]
+    path = tmp_path / f"{case}.d3"
+    path.write_bytes(build())
+    reader = D3Reader(path)
+    reader.load()  # the format is sound
+    reader.verify(decoders=False)
+    with pytest.raises(FormatError) as info:
+        reader.verify()
+    message = str(info.value)
+    assert fragment in message and message.startswith("subtask 0") and "\n" not in message, message
+
+
+def test_a_small_decoder_file_passes_verify(tmp_path):
+    path = tmp_path / "ok.d3"
+    path.write_bytes(craft(*base(family="small")))
+    D3Reader(path).verify()
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if int(c[:2]) >= 30))
+def test_verify_rejects_what_load_rejects(case, tmp_path):
+    """Section data rules: a file that opens but does not load never passes verify."""
+    build, exc_class, _ = CASES[case]
+    path = tmp_path / f"{case}.d3"
+    path.write_bytes(build())
+    with pytest.raises(exc_class):
+        D3Reader(path).verify(decoders=False)
+
+
+def test_nesting_limit_is_exact(tmp_path):
+    """64 levels (the top-level object is one) read fine, anywhere; 65 do not."""
+    for levels, ok in ((62, True), (63, False)):  # header -> "future" list (2) + 62 more
+        header, stored = base()
+        header["future"] = [deep(levels, 1)]
+        path = tmp_path / f"n{levels}.d3"
+        path.write_bytes(craft(header, stored))
+        if ok:
+            reader = D3Reader(path)
+            open_all(path)
+            assert reader.load().header["future"] == [deep(levels, 1)]
+        else:
+            with pytest.raises(LimitError, match="nested too deeply"):
+                D3Reader(path)

@@ -10,9 +10,13 @@ from click.testing import CliRunner
 from d3fmt.cli import main
 from d3fmt.errors import FormatError, IntegrityError
 from d3fmt.format import append_eval, write_d3
+from d3fmt.format.decoders import decoder_param_count
 from d3fmt.format.example import example_container
 from d3fmt.format.inspect import render_text, summarize
 
+# small decoder, z 3, width 8, 1x8x8 (start side 2, two stages): fc [8*2*2, 3] + [32], fc_norm 2x[8],
+# each stage [8, 8, 4, 4] + norm 2x[8], head [1, 8, 3, 3] + [1]
+SMALL_PARAMS = 32 * 3 + 32 + 16 + 2 * (8 * 8 * 16 + 16) + 72 + 1
 EVAL = {"model": "convnet3", "protocol": "d3-final", "test_set": "digits:test", "accuracy": 0.8125,
         "std": 0.0125, "runs": 3, "epochs": 50, "date": "2025-01-02"}
 
@@ -21,7 +25,7 @@ EVAL = {"model": "convnet3", "protocol": "d3-final", "test_set": "digits:test", 
 def d3(tmp_path):
     path = tmp_path / "a.d3"
     c = example_container(num_classes=5, image_shape=(1, 8, 8), num_subtasks=2, latents_per_class=2,
-                          z_dim=3, soft=True, encoding="float16")
+                          z_dim=3, soft=True, encoding="float16", family="small")
     c.header["budget"]["ipc"] = 10
     c.header["budget"]["max_bytes"] = 10 * 5 * 64 * 4
     write_d3(path, c)
@@ -42,7 +46,7 @@ def test_summary_has_the_documented_keys_and_numbers(d3):
     sub0, sub1 = s["subtasks"]
     assert sub0["classes"] == [0, 2, 4] and sub1["classes"] == [1, 3]
     assert sub0["latents_per_class"] == 2 and sub0["z_dim"] == 3
-    assert sub0["decoder_params"] == 64 * 3 + 64  # fc.weight [64, 3] + fc.bias [64]
+    assert sub0["decoder_params"] == decoder_param_count(sub0["decoder"]) == SMALL_PARAMS
     assert s["evals"] == [{k: EVAL[k] for k in ("model", "protocol", "test_set", "accuracy", "std", "runs",
                                                  "epochs", "date")}]
 
@@ -61,10 +65,10 @@ def test_bytes_by_kind_add_up_to_the_file_size(d3):
 def test_text_rendering_names_budget_classes_subtasks_and_accuracy(d3):
     text = render_text(summarize(d3, verify=True))
     assert f"{d3.stat().st_size:,} bytes" in text
-    assert "cap 12,800 bytes" in text and "hashes verified" in text
+    assert "cap 12,800 bytes" in text and "[verified]" in text
     assert "images/class as float32" in text and "as uint8" in text
     assert "class0, class1, class2, class3, class4" in text
-    assert "#0: classes 0,2,4 (3)" in text and "decoder linear 256 params" in text
+    assert "#0: classes 0,2,4 (3)" in text and f"decoder small {SMALL_PARAMS:,} params" in text
     assert "81.25% +- 1.25" in text and "3 runs" in text
     assert "priors" in text and "decoders" in text and "labels" in text and "header" in text
 
@@ -113,3 +117,24 @@ def test_cli_bad_file_is_one_error_line(tmp_path, content, fragment):
     assert out.exit_code == FormatError.exit_code
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
+
+
+def test_cli_verify_rejects_a_file_that_would_not_sample_and_stays_torch_free(tmp_path):
+    """A decoder config without "width" (hashes all fine): --verify exits 1, without importing torch."""
+    import subprocess
+    import sys
+
+    from test_format_hostile import DECODER_CASES
+
+    path = tmp_path / "nowidth.d3"
+    path.write_bytes(DECODER_CASES["34_decoder_missing_width"][0]())
+    assert CliRunner().invoke(main, ["inspect", str(path)]).exit_code == 0
+    code = ("import sys; from d3fmt.format.inspect import summarize\n"
+            "try:\n    summarize(sys.argv[1], verify=True)\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "FormatError subtask 0 decoder config is invalid (decoder config is missing keys ['width']; "
+        "the file or config is incomplete)", "False"]
+    out = CliRunner().invoke(main, ["inspect", str(path), "--verify"])
+    assert out.exit_code == 1 and out.output.startswith("Error: subtask 0 decoder config is invalid")

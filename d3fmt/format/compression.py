@@ -44,15 +44,15 @@ def decompress(stored: bytes, raw_bytes: int, what: str) -> bytes:
     if params.window_size > window_cap:
         raise LimitError(f"{what}: zstd window of {params.window_size} bytes exceeds the cap of {window_cap}")
     dctx = zstandard.ZstdDecompressor(max_window_size=1 << max(10, (window_cap - 1).bit_length()))
-    dobj = dctx.decompressobj(write_size=max(raw_bytes, 1))
-    try:
-        out = dobj.decompress(stored)
+    try:  # one shot into one buffer of the declared size (decompressobj joins chunks: 2x)
+        out = dctx.decompress(stored, max_output_size=max(raw_bytes, 1), allow_extra_data=False)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"{what}: corrupt zstd data ({exc})") from None
-    if not dobj.eof:
-        raise FormatError(f"{what}: zstd frame is truncated; the file is corrupt")
-    if dobj.unused_data:
-        raise FormatError(f"{what}: {len(dobj.unused_data)} stray bytes after the zstd frame")
+        text = str(exc)
+        if "unused data" in text:
+            raise FormatError(f"{what}: stray bytes after the zstd frame ({text}); the file is corrupt") from None
+        if "full frame" in text:
+            raise FormatError(f"{what}: zstd frame is truncated; the file is corrupt") from None
+        raise FormatError(f"{what}: corrupt zstd data ({text})") from None
     if len(out) != raw_bytes:
         raise FormatError(f"{what}: zstd frame produced {len(out)} bytes, {raw_bytes} declared")
     return out

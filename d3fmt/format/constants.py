@@ -33,6 +33,12 @@ MAX_NDIM = 8
 MAX_SECTION_RAW_BYTES = 1 << 30  # 1 GiB per section, decoded
 MAX_TOTAL_RAW_BYTES = 1 << 32  # 4 GiB for all sections together, decoded
 MAX_NAME_CHARS = 256  # section names
+MAX_HEADER_RATIO = 64  # a compressed header expands to at most max(1 MiB, 64 x its stored bytes)
+MAX_HEADER_RATIO_FLOOR = 1 << 20
+MAX_JSON_DEPTH = 64  # nested arrays/objects in the header, the top-level object counting 1
+MAX_JSON_VALUES = 100_000  # values in the header (top level, member values, elements); jsonschema needs ~10-20 us each
+MAX_JSON_INT = (1 << 63) - 1  # every header integer lies in [-2**63, 2**63 - 1]
+MAX_INT8_SCALE = float.fromhex("0x1.fffffep+127") / 128  # 128 * scale stays a finite float32
 MIN_ZSTD_WINDOW = 1 << 20  # frames may always use a window this large
 
 # Writer settings: fixed so that identical content gives identical bytes. On float

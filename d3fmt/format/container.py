@@ -29,6 +29,7 @@ from d3fmt.format.constants import (
     PREAMBLE_BYTES,
     ZSTD_LEVEL_HEADER,
 )
+from d3fmt.format.decoders import check_decoders
 from d3fmt.format.encoding import decode_tensor, default_encoding, encode_tensor
 from d3fmt.format.header import (
     SectionInfo,
@@ -132,6 +133,7 @@ def assemble(header: dict, payloads: list[SectionPayload], *, compress_header: b
     """
     if not isinstance(header, dict):
         raise ConfigError(f"a container header must be a dict, not {type(header).__name__}")
+    dump_header(header)  # plain JSON within the reader's limits, before anything recurses into it
     header = copy.deepcopy(header)
     header.pop("sections", None)
     rel, pos = [], 0
@@ -244,9 +246,11 @@ def atomic_write(path, data: bytes) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_exact(f, n: int, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
+def _read_exact(f, n: int, what: str) -> bytearray:
+    """Exactly ``n`` bytes (``n`` already checked against the file size), in a fresh
+    writable buffer that a decoded array may take over without a copy."""
+    data = bytearray(n)
+    if f.readinto(data) != n:
         raise FormatError(f"file is truncated while reading {what}")
     return data
 
@@ -265,7 +269,7 @@ class D3Reader:
         with self._open() as f:
             self.file_bytes = os.fstat(f.fileno()).st_size
             self.preamble = parse_preamble(f.read(PREAMBLE_BYTES), self.file_bytes)
-            stored = _read_exact(f, self.preamble.header_stored_bytes, "the header")
+            stored = bytes(_read_exact(f, self.preamble.header_stored_bytes, "the header"))
             if digest(stored) != self.preamble.header_hash:
                 raise IntegrityError("header hash mismatch: the header bytes are corrupt")
             raw = stored
@@ -315,7 +319,7 @@ class D3Reader:
             raise ConfigError(f"no section named {name!r} in {self.path}")
         return info
 
-    def stored_bytes(self, name: str) -> bytes:
+    def stored_bytes(self, name: str) -> bytearray:
         """The verified stored bytes of one section (compressed if its codec is zstd)."""
         info = self.section(name)
         with self._opened_unchanged() as f:
@@ -328,8 +332,9 @@ class D3Reader:
     def tensor(self, name: str) -> np.ndarray:
         """Read, verify, decompress and decode one section."""
         info = self.section(name)
-        stored = self.stored_bytes(name)
-        raw = stored if info.codec == "raw" else compression.decompress(stored, info.raw_bytes, f"section {name!r}")
+        raw = self.stored_bytes(name)  # a fresh buffer: a raw float32/int section decodes without a copy
+        if info.codec == "zstd":
+            raw = compression.decompress(raw, info.raw_bytes, f"section {name!r}")  # the stored bytes go
         return decode_tensor(raw, info.dtype, info.shape)
 
     def subtask_names(self, i: int) -> list[str]:
@@ -345,8 +350,27 @@ class D3Reader:
         """Section name -> array for subtask ``i`` only; other subtasks are not read."""
         return {name: self.tensor(name) for name in self.subtask_names(i)}
 
-    def verify(self) -> None:
-        """Check every section hash and the padding between sections (streamed, low memory)."""
+    def verify(self, decoders: bool = True) -> None:
+        """Check that the whole file is sound and usable, one section at a time.
+
+        First the padding between sections and every hash (streamed); then every section
+        is decoded as load() would (zstd frames, int8 scales) and its float values must be
+        finite; with ``decoders`` (the default), each subtask's decoder config must be one
+        d3fmt can build and its sections must have the shapes the config implies, checked
+        without torch. So a file that passes loads and samples. Memory: about one
+        decoded section at a time. decoders=False is for files whose decoders are not
+        d3fmt's (the format tests' stand-in "linear" family).
+        """
+        self._verify_hashes()
+        for s in self.sections:
+            values = self.tensor(s.name)
+            if values.dtype.kind == "f" and not _all_finite(values):
+                raise FormatError(f"section {s.name!r} holds NaN or infinite values; the file is corrupt")
+            del values
+        if decoders:
+            check_decoders(self.header, self._by_name)
+
+    def _verify_hashes(self) -> None:
         bad = []
         with self._opened_unchanged() as f:
             pos = self.sections[0].offset
@@ -374,6 +398,11 @@ class D3Reader:
         return D3Container(copy.deepcopy(self.header), tensors, {s.name: s.dtype for s in self.sections})
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    flat = values.reshape(-1)
+    return all(np.isfinite(flat[i:i + _CHUNK]).all() for i in range(0, flat.size, _CHUNK))
+
+
 def read_d3(path) -> D3Container:
     """The whole file, validated and decoded."""
     return D3Reader(path).load()
@@ -386,6 +415,7 @@ def append_eval(path, record: dict) -> int:
     so int8 and float16 tensors stay exactly as they were.
     """
     check_eval_record(record)
+    dump_header(record)  # within the JSON limits (depth, values, integers) before it is copied
     reader = D3Reader(path)
     payloads = []
     for s in reader.sections:

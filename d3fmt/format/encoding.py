@@ -18,7 +18,7 @@ from math import prod
 import numpy as np
 
 from d3fmt.errors import ConfigError, FormatError, LimitError
-from d3fmt.format.constants import MAX_NDIM, MAX_SECTION_RAW_BYTES
+from d3fmt.format.constants import MAX_INT8_SCALE, MAX_NDIM, MAX_SECTION_RAW_BYTES
 
 
 @dataclass(frozen=True)
@@ -63,21 +63,32 @@ def raw_size(encoding: str, shape: tuple[int, ...] | list[int]) -> int:
         raise LimitError(f"tensor has {len(shape)} dimensions, more than the cap of {MAX_NDIM}")
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise FormatError(f"tensor shape {list(shape)[:MAX_NDIM]} has a dimension that is not a non-negative integer")
-    count = prod(shape)
-    itemsize = np.dtype(enc.wire).itemsize
-    if enc.name == "int8":
-        if len(shape) == 0:
-            raise FormatError("an int8 tensor needs at least one dimension (its scales run along axis 0)")
-        size = 4 * shape[0] + count
-    else:
-        size = count * itemsize
-    if size > MAX_SECTION_RAW_BYTES:
+            raise FormatError(f"tensor shape {_shown(shape)} has a dimension that is not a non-negative integer")
+        if d > MAX_SECTION_RAW_BYTES:  # before any product: no huge numbers in arithmetic or messages
+            raise LimitError(f"tensor shape {_shown(shape)} has a dimension above the per-section cap of "
+                             f"{MAX_SECTION_RAW_BYTES}")
+    if enc.name == "int8" and len(shape) == 0:
+        raise FormatError("an int8 tensor needs at least one dimension (its scales run along axis 0)")
+    # An empty tensor is capped as if its zero dimensions were 1, so every dimension and
+    # the product of the others stay small enough for any array library.
+    nonzero = _size(enc, [max(d, 1) for d in shape])
+    if nonzero > MAX_SECTION_RAW_BYTES:
+        empty = " (counting zero dimensions as 1)" if 0 in shape else ""
         raise LimitError(
-            f"tensor of shape {list(shape)} as {enc.name} needs {size} bytes, more than the "
+            f"tensor of shape {_shown(shape)} as {enc.name} needs {nonzero} bytes{empty}, more than the "
             f"per-section cap of {MAX_SECTION_RAW_BYTES}"
         )
-    return size
+    return _size(enc, shape)
+
+
+def _size(enc: Encoding, shape: list[int] | tuple[int, ...]) -> int:
+    count = prod(shape)  # every factor <= 2**30, at most 8 of them: at most 240 bits
+    return 4 * shape[0] + count if enc.name == "int8" else count * np.dtype(enc.wire).itemsize
+
+
+def _shown(shape) -> str:
+    """A shape for a message: no huge numbers (Python refuses str() beyond 4300 digits)."""
+    return "[" + ", ".join(str(d) if isinstance(d, int) and abs(d) < 2**64 else "..." for d in list(shape)[:MAX_NDIM]) + "]"
 
 
 def default_encoding(array: np.ndarray) -> str:
@@ -132,11 +143,18 @@ def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _encode_int8(values: np.ndarray) -> bytes:
     scales, q = quantize_int8(values)
+    if np.any(scales > MAX_INT8_SCALE):
+        raise ConfigError("tensor values are too large for int8 (a scale above FLT_MAX/128); store it as float32")
     return scales.astype("<f4").tobytes() + q.tobytes(order="C")
 
 
 def decode_tensor(raw: bytes | bytearray | memoryview, encoding: str, shape: list[int] | tuple[int, ...]) -> np.ndarray:
-    """Array from a section's raw bytes; FormatError when the bytes do not fit the shape."""
+    """Array from a section's raw bytes; FormatError when the bytes do not fit the shape.
+
+    Memory stays within a small constant of the decoded size: a writable buffer whose
+    values need no conversion becomes the array itself (no copy), and conversions run in
+    chunks of _DECODE_CHUNK values into one preallocated output array.
+    """
     enc = get_encoding(encoding)
     shape = tuple(shape)
     expected = raw_size(encoding, shape)
@@ -145,12 +163,33 @@ def decode_tensor(raw: bytes | bytearray | memoryview, encoding: str, shape: lis
             f"section holds {len(raw)} raw bytes but {encoding} of shape {list(shape)} needs {expected}"
         )
     if encoding == "int8":
-        n = shape[0]
-        scales = np.frombuffer(raw, dtype="<f4", count=n)  # [d0]
-        if not np.all(np.isfinite(scales)) or np.any(scales < 0):
-            raise FormatError("int8 section has a negative or non-finite scale; the file is corrupt")
-        q = np.frombuffer(raw, dtype="i1", offset=4 * n).reshape(shape)  # [*shape]
-        bshape = (n,) + (1,) * (len(shape) - 1)
-        return q.astype(np.float32) * scales.astype(np.float32).reshape(bshape)
-    values = np.frombuffer(raw, dtype=enc.wire).reshape(shape)
-    return values.astype(enc.decoded)  # a fresh, writable, native-endian copy
+        return _decode_int8(raw, shape)
+    values = np.frombuffer(raw, dtype=enc.wire)  # [n]
+    if values.dtype == np.dtype(enc.decoded) and values.flags.writeable:
+        return values.reshape(shape)  # the caller's fresh buffer, now owned by the array
+    out = np.empty(values.size, dtype=enc.decoded)  # [n]
+    for start in range(0, values.size, _DECODE_CHUNK):
+        out[start:start + _DECODE_CHUNK] = values[start:start + _DECODE_CHUNK]
+    return out.reshape(shape)  # a fresh, writable, native-endian array
+
+
+_DECODE_CHUNK = 1 << 18  # values converted at a time (1 MiB of float32)
+
+
+def _decode_int8(raw, shape: tuple[int, ...]) -> np.ndarray:
+    n = shape[0]
+    scales = np.frombuffer(memoryview(raw)[:4 * n], dtype="<f4").astype(np.float32)  # [d0]
+    if not np.all(np.isfinite(scales)) or np.any(scales < 0):
+        raise FormatError("int8 section has a negative or non-finite scale; the file is corrupt")
+    if np.any(scales > MAX_INT8_SCALE):
+        raise FormatError(
+            f"int8 section has a scale above {MAX_INT8_SCALE:.6g}, so its values would decode to infinity; "
+            "the file is corrupt"
+        )
+    q = np.frombuffer(memoryview(raw)[4 * n:], dtype="i1").reshape(n, prod(shape[1:]))  # [d0, rest]
+    out = np.empty(q.shape, dtype=np.float32)  # [d0, rest]
+    rows = max(1, _DECODE_CHUNK // max(1, q.shape[1]))
+    for start in range(0, n, rows):
+        stop = start + rows
+        np.multiply(q[start:stop], scales[start:stop, None], out=out[start:stop])
+    return out.reshape(shape)

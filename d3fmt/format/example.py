@@ -1,8 +1,10 @@
 """A tiny, valid, deterministic container for tests, docs and the golden file.
 
-Its decoder block is a stand-in (the format treats it as opaque JSON apart from
-"family"); the tensors are seeded random numbers, so the same arguments always give the
-same container and therefore the same file bytes.
+Its decoder block is by default a stand-in, family "linear" (the format treats it as
+opaque JSON apart from "family"; d3fmt cannot sample from it); family="small" (or
+"medium", "large") gives a real d3fmt decoder config with tensors of the shapes it
+implies, built without torch. The tensors are seeded random numbers, so the same
+arguments always give the same container and therefore the same file bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from d3fmt.format.container import D3Container
+from d3fmt.format.decoders import DecoderConfig, decoder_param_shapes
 from d3fmt.format.header import budget_fields
 from d3fmt.format.model import Budget, Header, Provenance, Subtask, TensorNames
 from d3fmt.format.sections import tensor_names
@@ -24,6 +27,8 @@ def example_container(
     soft: bool = False,
     encoding: str = "float32",
     seed: int = 0,
+    family: str = "linear",
+    width: int = 8,
 ) -> D3Container:
     """num_classes classes split round-robin over num_subtasks subtasks, one linear decoder each."""
     rng = np.random.default_rng(seed)
@@ -46,11 +51,17 @@ def example_container(
     for i in range(num_subtasks):
         classes = list(range(i, num_classes, num_subtasks))
         rows = len(classes) * latents_per_class
-        names = tensor_names(i, ["fc.weight", "fc.bias"], soft)  # dict: the writer below indexes it
+        if family == "linear":
+            decoder = {"family": "linear", "z_dim": z_dim, "channels": c, "image_size": h}
+            shapes = {"fc.weight": (c * h * w, z_dim), "fc.bias": (c * h * w,)}  # [CHW, z], [CHW]
+        else:
+            decoder = DecoderConfig(family=family, z_dim=z_dim, channels=c, image_size=h, width=width).to_json()
+            shapes = decoder_param_shapes(decoder)
+        names = tensor_names(i, list(shapes), soft)  # dict: the writer below indexes it
         tensors[names["mu"]] = rng.standard_normal((rows, z_dim)).astype(np.float32)  # [K_i*L, z]
         tensors[names["logvar"]] = rng.standard_normal((rows, z_dim)).astype(np.float32) - 2  # [K_i*L, z]
-        tensors[names["decoder"]["fc.weight"]] = rng.standard_normal((c * h * w, z_dim)).astype(np.float32)  # [CHW, z]
-        tensors[names["decoder"]["fc.bias"]] = rng.standard_normal(c * h * w).astype(np.float32)  # [CHW]
+        for param, shape in shapes.items():
+            tensors[names["decoder"][param]] = rng.standard_normal(shape).astype(np.float32)
         if soft:
             logits = rng.standard_normal((rows, num_classes))  # [K_i*L, K]
             tensors[names["soft"]] = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
@@ -62,7 +73,7 @@ def example_container(
             classes=classes,
             latents_per_class=latents_per_class,
             z_dim=z_dim,
-            decoder={"family": "linear", "z_dim": z_dim, "channels": c, "image_size": h},
+            decoder=decoder,
             tensors=TensorNames.from_json(names),
         ))
     return D3Container(header.to_json(), tensors, encodings)

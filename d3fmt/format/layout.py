@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from d3fmt.errors import FormatError, LimitError, UnsupportedVersionError
 from d3fmt.format.constants import (
     ALIGNMENT,
+    FLAG_HEADER_ZSTD,
     FORMAT_MAJOR,
     FORMAT_MINOR,
     HASH_BYTES,
@@ -22,6 +23,8 @@ from d3fmt.format.constants import (
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_HEADER_PADDING,
+    MAX_HEADER_RATIO,
+    MAX_HEADER_RATIO_FLOOR,
     PREAMBLE,
     PREAMBLE_BYTES,
 )
@@ -83,11 +86,16 @@ def parse_preamble(buf: bytes, file_bytes: int) -> Preamble:
             raise LimitError(f"header {what} length {n} exceeds the cap of {MAX_HEADER_BYTES} bytes")
     if stored == 0:
         raise FormatError("header length is zero; the file is corrupt")
+    if flags & FLAG_HEADER_ZSTD and raw > max(MAX_HEADER_RATIO_FLOOR, MAX_HEADER_RATIO * stored):
+        raise LimitError(
+            f"compressed header of {stored} bytes declares {raw} raw bytes, more than "
+            f"max({MAX_HEADER_RATIO_FLOOR}, {MAX_HEADER_RATIO} x stored) (the cap)"
+        )
     if PREAMBLE_BYTES + stored > file_bytes:
         raise FormatError(
             f"file is truncated: the header needs {PREAMBLE_BYTES + stored} bytes but the file has {file_bytes}"
         )
-    if not flags & 1 and raw != stored:
+    if not flags & FLAG_HEADER_ZSTD and raw != stored:
         raise FormatError("uncompressed header declares a raw length different from its stored length")
     return Preamble(stored, raw, hsh, flags, major, minor, magic)
 
