@@ -35,6 +35,7 @@ def _cfg(mean, std, **kw):
     return DistillConfig(**base)
 
 
+@pytest.mark.slow
 def test_total_loss_falls_on_digits(digits):
     x, y, mean, std, traj = digits
     seen = []
@@ -57,6 +58,7 @@ def test_result_layout_and_decoder_rebuilds(digits):
     assert imgs.shape == (3, 1, 8, 8)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(digits, tmp_path):
     x, y, mean, std, traj = digits
     full = distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=4, checkpoint_every=2), checkpoint_dir=tmp_path / "a")
@@ -93,6 +95,7 @@ def test_bad_inputs_raise(digits):
         distill(x, y, 10, DEC, 1, traj, _cfg((0.5,) * 3, (0.5,) * 3))
 
 
+@pytest.mark.slow
 def test_warmup_trains_by_mmd_alone_with_alpha_frozen(digits):
     x, y, mean, std, traj = digits
     seen = []

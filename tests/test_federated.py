@@ -93,6 +93,7 @@ def digits(tmp_path_factory, one_thread):
     return {"root": root, "single": root / "single.d3", "parts": parts, "cfg": seen["cfg"]}
 
 
+@pytest.mark.slow
 def test_single_process_file_records_the_partition(digits):
     c = read_d3(digits["single"])
     h = c.header
@@ -104,6 +105,7 @@ def test_single_process_file_records_the_partition(digits):
     assert not np.array_equal(c.tensors["s0.mu"][:3], c.tensors["s1.mu"][:3])
 
 
+@pytest.mark.slow
 def test_parts_plus_merge_equal_the_single_process_file(digits):
     root = digits["root"]
     for i, path in enumerate(digits["parts"]):
@@ -125,6 +127,7 @@ def test_parts_plus_merge_equal_the_single_process_file(digits):
     assert [s["id"] for s in summary["subtasks"]] == [0, 1, 2] and not summary["partial"]
 
 
+@pytest.mark.slow
 def test_worker_processes_equal_the_single_process_file(digits, tmp_path):
     cfg = replace(digits["cfg"], devices=["cpu", "cpu"], output=str(tmp_path / "workers.d3"),
                   work_dir=str(tmp_path / "w"))
@@ -148,6 +151,7 @@ def run_with_timeout(cmd, timeout, env):
     return proc.returncode, out
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_equal_the_single_process_file(digits, tmp_path):
     out = tmp_path / "torchrun.d3"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "d3fmt",
@@ -163,6 +167,7 @@ def test_torchrun_two_cpu_ranks_equal_the_single_process_file(digits, tmp_path):
     assert h["partial"] is True and [s["id"] for s in h["subtasks"]] == [1]
 
 
+@pytest.mark.slow
 def test_merge_refuses_parts_that_do_not_belong_together(digits, tmp_path):
     p0, p1, p2 = (str(p) for p in digits["parts"])
     base = ["-o", str(tmp_path / "x.d3"), "--no-eval", "--work-dir", str(tmp_path / "w"), "-q"]
@@ -188,6 +193,7 @@ def test_merge_refuses_parts_that_do_not_belong_together(digits, tmp_path):
     assert not (tmp_path / "x.d3").exists() and not (tmp_path / "y.d3").exists()
 
 
+@pytest.mark.slow
 def test_merge_refuses_the_wrong_source(digits, tmp_path):
     npz = tmp_path / "other.npz"
     np.savez(npz, x=np.zeros((20, 8, 8), np.uint8), y=np.repeat(np.arange(10), 2))
@@ -196,6 +202,7 @@ def test_merge_refuses_the_wrong_source(digits, tmp_path):
     assert "is not the data the parts were packed from" in msg
 
 
+@pytest.mark.slow
 def test_job_array_on_a_generated_rgb_source_with_evaluation(tmp_path):
     src = make_shapes_folder(tmp_path / "shapes", num_classes=4, per_class=10, image_size=16, val_per_class=3)
     args = ["pack", src, "--budget", "20", "--subtasks", "2", "--label-sample", "5", *TINY]
@@ -217,6 +224,7 @@ def test_job_array_on_a_generated_rgb_source_with_evaluation(tmp_path):
     assert_same_tensors(tmp_path / "single.d3", out)
 
 
+@pytest.mark.slow
 def test_hard_label_parts_merge_without_the_source(tmp_path):
     npz = tmp_path / "data.npz"
     from d3fmt.sources.synthetic import make_npz
@@ -235,6 +243,7 @@ def test_hard_label_parts_merge_without_the_source(tmp_path):
     assert "--source" in msg
 
 
+@pytest.mark.slow
 def test_pack_streams_one_subset_at_a_time(tmp_path, monkeypatch):
     """No call ever loads the training images of more than one subset at once."""
     loads = []

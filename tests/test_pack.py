@@ -37,6 +37,7 @@ def tiny_config(tmp_path, source="digits", budget=10.0, iterations=3, **kw) -> P
     )
 
 
+@pytest.mark.slow
 def test_pack_digits_writes_a_valid_file_within_budget(tmp_path):
     result = pack(tiny_config(tmp_path, soft_labels=True))
     cap = 10 * 10 * 1 * 8 * 8 * 4
@@ -57,6 +58,7 @@ def test_pack_digits_writes_a_valid_file_within_budget(tmp_path):
     assert h["samples_per_class"] == max(50, 2 * h["subtasks"][0]["latents_per_class"])
 
 
+@pytest.mark.slow
 def test_pack_with_zero_iterations_keeps_the_autoencoder_result_and_trains_no_experts(tmp_path):
     cfg = tiny_config(tmp_path, iterations=0, evaluation=EvalConfig(epochs=30, width=16))
     cfg.distill.autoencoder = AutoencoderConfig(steps=150, batch=64)
@@ -73,6 +75,7 @@ def test_pack_with_zero_iterations_keeps_the_autoencoder_result_and_trains_no_ex
         DistillConfig(iterations=0, autoencoder=AutoencoderConfig(steps=0))
 
 
+@pytest.mark.slow
 def test_pack_generated_rgb_imagefolder_via_cli(tmp_path):
     src = make_shapes_folder(tmp_path / "shapes", num_classes=4, per_class=12, image_size=16, val_per_class=4)
     out = tmp_path / "shapes.d3"
@@ -86,6 +89,7 @@ def test_pack_generated_rgb_imagefolder_via_cli(tmp_path):
     assert c.header["evals"][0]["test_set"].count("val")  # evaluated on the held-out val/ split
 
 
+@pytest.mark.slow
 def test_interrupted_pack_leaves_no_file_and_resume_completes(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, iterations=4, evaluation=None)
     real_iteration, calls = trainer._iteration, {"n": 0}

@@ -6,6 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from d3fmt.cli import main
@@ -27,6 +28,7 @@ def test_python_example_trains_over_the_stream(d3_file, monkeypatch, tmp_path):
     assert float(images.min()) >= 0 and float(images.max()) <= 1
 
 
+@pytest.mark.slow
 def test_cli_examples_run(d3_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     commands = [line.split("#")[0].strip() for block in _blocks("bash") for line in block.splitlines()]

@@ -29,7 +29,7 @@ at least as well, so files land a little under the target. A ``measure`` callbac
 encodes a same-shaped dummy container with Gaussian tensors gives the exact size with
 the header, and the fitter shrinks the width until that fits. A small ``reserve`` keeps
 room for the evaluation records that ``d3 pack``/``d3 eval`` add afterwards. After
-training, :func:`d3fmt.distill.pack.fit_to_cap` guarantees the cap whatever the ratios.
+training, :func:`d3fmt.distill.assemble.fit_to_cap` guarantees the cap whatever the ratios.
 """
 
 from __future__ import annotations

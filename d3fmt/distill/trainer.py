@@ -102,7 +102,7 @@ class DistillConfig:
     init_mu_std: float = 1.0
     init_logvar: float = math.log(0.1)
     seed: int = 0
-    checkpoint_every: int = 100  # 0 = only at the end
+    checkpoint_every: int = 50  # 0 = only at the end (= `d3 pack --checkpoint-every`)
     amp: bool = True  # bf16 autocast for MMD feature extraction, CUDA only
     warmup: int = 0  # first iterations: MMD only, alpha frozen (see the module docstring)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # init (d3fmt.distill.autoencoder)
