@@ -239,7 +239,7 @@ def test_hard_label_parts_merge_without_the_source(tmp_path):
     c = read_d3(tmp_path / "m.d3")
     assert c.header["labels"] == "hard" and not any(n.endswith(".soft") for n in c.tensors)
     msg = cli_error("merge", tmp_path / "p0.d3", tmp_path / "p1.d3", "-o", tmp_path / "e.d3",
-                    "--work-dir", tmp_path / "w2", "-q")  # evaluation needs the source
+                    "--work-dir", tmp_path / "w2", "-q", error=ConfigError)  # evaluation needs the source
     assert "--source" in msg
 
 
