@@ -151,6 +151,16 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--latents", "latents_per_class", type=int, help="Latent priors per class [fitter's choice].")
 @click.option("--decoder-width", type=int, help="Decoder base width [fitter's choice: the widest that fits].")
 @click.option("--encoding", type=click.Choice(["float32", "float16", "int8"]), help="Decoder weight encoding [fitter's choice].")
+@click.option("--teacher-width", type=click.IntRange(0, 1024),
+              help="Width of the labelling teacher stored in the file: a ConvNet trained on all of SRC's training "
+                   "images that labels every decoded sample on the fly (softmax of its logits). Its bytes count "
+                   "against the budget [fitter's choice: the widest up to 64 within a quarter of the budget; "
+                   "0 = no teacher, labels are the priors' classes].")
+@click.option("--teacher-epochs", default=D["teacher_epochs"], show_default=True, type=click.IntRange(1),
+              help="Passes of the teacher over the real training images.")
+@click.option("--priors", type=click.Choice(["kmeans", "images"]), default=D["priors"], show_default=True,
+              help="Where the autoencoder stage puts each class's L priors: kmeans = centres of L groups of its "
+                   "encoded images; images = L of its images' own codes (with the class's mean variance).")
 @click.option("--soft-labels/--hard-labels", default=D["soft_labels"], show_default=True,
               help="Also store one soft-label vector per prior (an all-class teacher's softmax on the decoded "
                    "prior mean) and train with it. Measured on Fashion-MNIST, budget 10: never better than hard "
@@ -281,8 +291,9 @@ def _train_bar(quiet, cfg, desc):
               help="Real test data: SRC's test split if it has one; else, if SRC is the data the file was "
                    "distilled from, the split d3 pack held out; else all of SRC. Resized to the file's size.")
 @click.option("--samples-per-class", type=int, help="Fresh decoded samples per class and epoch [the file's default].")
-@click.option("--labels", type=click.Choice(["auto", "hard", "soft"]), default="auto", show_default=True,
-              help="auto: the stored soft labels when the file has them.")
+@click.option("--labels", type=click.Choice(["auto", "hard", "soft", "teacher"]), default="auto", show_default=True,
+              help="auto: the stored teacher's labels when the file has a teacher, else its soft labels when it "
+                   "has them, else the priors' classes (hard).")
 @click.option("--no-record", is_flag=True, help="Do not append the evaluation record to FILE.")
 @click.option("--compare", is_flag=True,
               help="Also train the codec family (see `d3 baseline codecs`) at FILE's exact bytes on the real "

@@ -15,7 +15,9 @@ Sampling contract (the same for both, and for ``d3 sample`` / ``d3 export``):
     z       =  mu[c, l] + exp(logvar[c, l] / 2) * eps
     image   =  (G(z) + 1) / 2                  pixels in [0, 1] (ToTensor convention)
              or (image - mean) / std           with normalize=True (header normalization)
-    label   =  c, or the prior's soft-label vector with labels="soft"
+    label   =  c, or the prior's soft-label vector with labels="soft", or with
+               labels="teacher" the stored teacher's softmax(teacher(normalised image) / T)
+               for this very sample (d3fmt.teacher)
 
 So sample i of epoch e with seed s is one fixed tensor: read alone, in any batch, in any
 order, with any number of DataLoader workers or ranks, in any process (up to float
@@ -42,7 +44,7 @@ from d3fmt.representation import Representation, normalize, tanh_to_unit
 from d3fmt.seeds import mix_seed
 
 CLASS_STRIDE = 1 << 24  # noise index = class * CLASS_STRIDE + slot
-LABEL_MODES = ("hard", "soft")
+LABEL_MODES = ("hard", "soft", "teacher")
 
 
 @dataclass
@@ -91,7 +93,7 @@ class SampleOptions:
     samples_per_class: int | None = None  # None: the header's samples_per_class
     seed: int = 0
     epoch: int = 0
-    labels: str = "hard"  # "hard" (class index) | "soft" (stored soft-label vector)
+    labels: str = "hard"  # "hard" (class index) | "soft" (stored soft-label vector) | "teacher" (stored teacher)
     include_means: bool = False
     classes: list[int] | None = None  # None: all classes
     normalize: bool = False  # False: pixels in [0, 1]; True: (x - mean) / std
@@ -108,9 +110,13 @@ def open_representation(path, device="cpu", dtype=torch.float32, classes=None) -
 def make_plan(rep: Representation, options: SampleOptions) -> SamplingPlan:
     """Validate the options against the file and fix the item -> draw mapping."""
     if options.labels not in LABEL_MODES:
-        raise ConfigError(f"labels={options.labels!r} is unknown; use 'hard' or 'soft'")
+        raise ConfigError(f"labels={options.labels!r} is unknown; use 'hard', 'soft' or 'teacher'")
     if options.labels == "soft" and not rep.has_soft:
         raise ConfigError("this file stores no soft labels; use labels='hard'")
+    if options.labels == "teacher":
+        if not rep.has_teacher:
+            raise ConfigError("this file stores no teacher; use labels='hard'")
+        rep.normalization  # the teacher reads normalised images: FormatError now if the header lacks it
     classes = rep.classes if options.classes is None else [int(c) for c in options.classes]
     loaded = set(rep.classes)
     if not classes or len(set(classes)) != len(classes) or not all(c in loaded for c in classes):
@@ -137,9 +143,15 @@ def decode_items(rep: Representation, plan: SamplingPlan, options: SampleOptions
     t = rep.decode(draw.cls, draw.prior, eps)  # [N, C, H, W] tanh space (inference tensor)
     # Out-of-place ops outside inference mode give ordinary tensors, usable with autograd.
     images = tanh_to_unit(t)
+    normalized = normalize(images, *rep.normalization) if options.normalize or options.labels == "teacher" else None
     if options.normalize:
-        images = normalize(images, *rep.normalization)
-    labels = rep.soft_labels(draw.cls, draw.prior) if options.labels == "soft" else draw.cls
+        images = normalized
+    if options.labels == "teacher":
+        labels = rep.teacher_labels(normalized)
+    elif options.labels == "soft":
+        labels = rep.soft_labels(draw.cls, draw.prior)
+    else:
+        labels = draw.cls
     if labels.is_inference():
         labels = labels.clone()
     return images, labels

@@ -44,6 +44,7 @@ from d3fmt.models.resnet import ResNet, ResNetConfig
 from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
+LABEL_CHOICES = ("auto", "hard", "soft", "teacher")
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
 
@@ -60,7 +61,7 @@ class EvalConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     samples_per_class: int | None = None  # decoded items per class and epoch; None: the file's
-    labels: str = "auto"  # "auto" (soft when stored) | "hard" | "soft"
+    labels: str = "auto"  # "auto" (the teacher, else soft labels, when stored) | "hard" | "soft" | "teacher"
     dsa: str = REFERENCE_STRATEGY  # "" or "none" disables augmentation
     width: int | None = None  # ConvNet width [128], or ResNet-18's first-stage width [RESNET_WIDTH: the standard]
     seed: int = 0
@@ -74,8 +75,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; use one of {', '.join(MODELS)}")
-        if self.labels not in ("auto", "hard", "soft"):
-            raise ConfigError(f"labels must be auto, hard or soft, got {self.labels!r}")
+        if self.labels not in LABEL_CHOICES:
+            raise ConfigError(f"labels must be one of {', '.join(LABEL_CHOICES)}, got {self.labels!r}")
         for name in ("epochs", "runs", "batch_size", "width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -217,10 +218,15 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
 # ---------------------------------------------------------------------------------------
 
 
-def use_soft_labels(rep: Representation, labels: str) -> bool:
+def label_mode(rep: Representation, labels: str) -> str:
+    """Resolve ``--labels``: auto = the stored teacher, else the stored soft labels, else hard."""
     if labels == "soft" and not rep.has_soft:
         raise ConfigError("soft labels requested but the file stores none; use --labels hard")
-    return rep.has_soft if labels == "auto" else labels == "soft"
+    if labels == "teacher" and not rep.has_teacher:
+        raise ConfigError("teacher labels requested but the file stores no teacher; use --labels hard")
+    if labels != "auto":
+        return labels
+    return "teacher" if rep.has_teacher else "soft" if rep.has_soft else "hard"
 
 
 class StreamEpochs:
@@ -232,9 +238,9 @@ class StreamEpochs:
         from d3fmt.dataset import SampleOptions, make_plan
 
         self.rep = rep
-        soft = use_soft_labels(rep, cfg.labels)
+        mode = label_mode(rep, cfg.labels)
         self.options = SampleOptions(samples_per_class=cfg.samples_per_class, seed=seed,
-                                     labels="soft" if soft else "hard", include_means=soft, normalize=True)
+                                     labels=mode, include_means=mode == "soft", normalize=True)
         self.plan = make_plan(rep, self.options)
         self.index = torch.arange(len(self.plan), dtype=torch.int64)  # [N] every item, every epoch
 
@@ -387,13 +393,13 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
         raise ConfigError(f"test images are {list(np.shape(test_x)[1:])}, the file's are {[c, h, w]}; "
                           "resize the test set to the file's image size")
     mean, std = rep.normalization
-    soft = use_soft_labels(rep, cfg.labels)
+    mode = label_mode(rep, cfg.labels)
     per_epoch = len(StreamEpochs(rep, cfg, 0).plan)
     task = _Task(lambda seed: StreamEpochs(rep, cfg, seed), lr, (c, h, w), rep.num_classes,
                  (test_x, test_y, mean, std))
     accs, models = _run_all(task, cfg, progress)
-    data = f"d3 stream {per_epoch} fresh samples/epoch (labels {'soft' if soft else 'hard'})"
-    details = {"samples_per_epoch": per_epoch, "labels": "soft" if soft else "hard", "width": cfg.width,
+    data = f"d3 stream {per_epoch} fresh samples/epoch (labels {mode})"
+    details = {"samples_per_epoch": per_epoch, "labels": mode, "width": cfg.width,
                "test_images": len(test_y)}
     return EvalResult(cfg.model_name, accs, cfg.passes(per_epoch), _protocol(cfg, lr, data, per_epoch), lr, details,
                       models, cfg.steps)

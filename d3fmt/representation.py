@@ -24,6 +24,7 @@ from d3fmt import __version__
 from d3fmt.errors import ConfigError, D3Error, FormatError
 from d3fmt.format.sections import decoder_section, logvar_section, mu_section, soft_section
 from d3fmt.models.decoder import Decoder, build_decoder
+from d3fmt.teacher import build_teacher, teacher_probs
 
 # ---------------------------------------------------------------------------------------
 # Pixel conventions (shared with the distiller).
@@ -94,7 +95,7 @@ class Representation:
     (an in-memory container). Only the subtasks that hold one of ``classes`` are loaded.
     """
 
-    def __init__(self, header: dict, subtasks: dict[int, Subtask], device, dtype):
+    def __init__(self, header: dict, subtasks: dict[int, Subtask], device, dtype, teacher=None):
         self.header = header
         self.subtasks = subtasks  # subtask index -> Subtask (only the loaded ones)
         self.device = torch.device(device)
@@ -114,6 +115,9 @@ class Representation:
         self._class_pos = pos.to(self.device)
         self._class_lpc = lpc.to(self.device)
         self.has_soft = bool(subtasks) and all(s.soft is not None for s in subtasks.values())
+        # (ConvNet on the device, temperature) when the file stores a labelling teacher.
+        self.teacher = teacher
+        self.has_teacher = teacher is not None
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -147,7 +151,12 @@ class Representation:
             )
         if wanted is None and not header.get("partial") and len(seen) != num_classes:
             raise FormatError(f"the subtasks cover {len(seen)} of {num_classes} classes; the file is incomplete")
-        return cls(header, subtasks, device, dtype)
+        teacher = None
+        if header.get("teacher") is not None:
+            model, temperature = build_teacher(header["teacher"], get_tensor, num_classes=num_classes,
+                                               image_shape=image_shape)
+            teacher = (model.to(device=device, dtype=dtype), temperature)
+        return cls(header, subtasks, device, dtype, teacher)
 
     # -- queries --------------------------------------------------------------------
     def latents_per_class(self, cls: int) -> int:
@@ -205,6 +214,14 @@ class Representation:
             mask = ref.subtask == t
             out[mask] = sub.soft[ref.row[mask]]
         return out
+
+    def teacher_labels(self, x_normalized: torch.Tensor) -> torch.Tensor:
+        """The stored teacher's label vector of each image [N, C, H, W] (training
+        normalisation): softmax(teacher(x) / T). [N, num_classes] float32."""
+        if self.teacher is None:
+            raise ConfigError("this file stores no teacher; use labels='hard' (or 'soft' when it stores soft labels)")
+        model, temperature = self.teacher
+        return teacher_probs(model, x_normalized.to(self.device), temperature)
 
     @property
     def classes(self) -> list[int]:

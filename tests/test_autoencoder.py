@@ -110,3 +110,33 @@ def test_config_errors():
     with pytest.raises(ConfigError):
         AutoencoderConfig(kl_weight=-0.1)
     assert DistillConfig(autoencoder={"steps": 7}).autoencoder == AutoencoderConfig(steps=7)  # from recorded JSON
+
+
+def test_image_priors_are_real_images_codes_with_the_class_variance(digits):
+    """--priors images: each prior is one of its class's images, encoded; one variance row per class."""
+    import d3fmt.distill.autoencoder as ae
+
+    x01, y = digits
+    seen = {}
+    real_fit = ae._fit_priors
+
+    def spy(encoder, x, yy, k, lpc, cfg, g):
+        seen["codes"] = ae._encode(encoder.eval(), x)[0]
+        return real_fit(encoder, x, yy, k, lpc, cfg, g)
+
+    ae._fit_priors = spy
+    try:
+        cfg = AutoencoderConfig(steps=20, batch=64, priors="images")
+        out = pretrain(unit_to_tanh(x01), y, 10, build_decoder(DEC), 7, cfg, seed=2)
+    finally:
+        ae._fit_priors = real_fit
+    codes = seen["codes"]
+    mu, logvar = out.mu.view(10, 7, -1), out.logvar.view(10, 7, -1)
+    for c in range(10):
+        members = codes[y == c]
+        for row in mu[c]:  # every prior mean is the code of one image of its class
+            assert (members - row).norm(dim=1).min() < 1e-5
+        assert len({tuple(r.tolist()) for r in mu[c]}) == 7  # distinct images
+        assert torch.equal(logvar[c], logvar[c, :1].expand(7, -1))  # the class's one variance row
+    with pytest.raises(ConfigError, match="prior placement"):
+        AutoencoderConfig(priors="grid")

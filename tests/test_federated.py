@@ -230,7 +230,7 @@ def test_hard_label_parts_merge_without_the_source(tmp_path):
     from d3fmt.sources.synthetic import make_npz
 
     make_npz(npz, num_classes=4, per_class=8, image_size=8, test_per_class=2)
-    args = ["pack", npz, "--budget", "20", "--subtasks", "2", "--no-eval", *TINY, "--hard-labels"]
+    args = ["pack", npz, "--budget", "20", "--subtasks", "2", "--no-eval", *TINY, "--hard-labels", "--teacher-width", "0"]
     for i in range(2):
         cli(*args, "--subtask", i, "-o", tmp_path / f"p{i}.d3", "--work-dir", tmp_path / "w")
     npz.unlink()  # the source is gone: hard labels and no evaluation do not need it

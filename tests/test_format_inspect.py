@@ -120,7 +120,7 @@ def test_cli_bad_file_is_one_error_line(tmp_path, content, fragment):
 
 
 def test_cli_verify_rejects_a_file_that_would_not_sample_and_stays_torch_free(tmp_path):
-    """A decoder config without "width" (hashes all fine): --verify exits 1, without importing torch."""
+    """A decoder config without "width" (hashes all fine): --verify fails (FormatError), without importing torch."""
     import subprocess
     import sys
 
@@ -137,4 +137,4 @@ def test_cli_verify_rejects_a_file_that_would_not_sample_and_stays_torch_free(tm
         "FormatError subtask 0 decoder config is invalid (decoder config is missing keys ['width']; "
         "the file or config is incomplete)", "False"]
     out = CliRunner().invoke(main, ["inspect", str(path), "--verify"])
-    assert out.exit_code == 1 and out.output.startswith("Error: subtask 0 decoder config is invalid")
+    assert out.exit_code == FormatError.exit_code and out.output.startswith("Error: subtask 0 decoder config is invalid")

@@ -41,6 +41,7 @@ from d3fmt.models.decoder import LEAKY_SLOPE, Decoder, DecoderConfig, build_deco
 from d3fmt.representation import denormalize, unit_to_tanh
 
 LOGVAR_RANGE = (-10.0, 2.0)  # bounds of the stored prior log-variances
+PRIOR_MODES = ("kmeans", "images")
 
 
 @dataclass
@@ -52,12 +53,16 @@ class AutoencoderConfig:
     class_weight: float = 1.0  # weight of the latent linear classifier's cross-entropy
     encoder_width: int = 32  # channels of the encoder's first stage (doubling per stage)
     kmeans_iterations: int = 25
+    priors: str = "kmeans"  # "kmeans": L groups of each class's codes | "images": L real images' own codes
+
 
     def __post_init__(self):
         if self.steps < 0 or self.batch < 1 or self.encoder_width < 1 or self.kmeans_iterations < 0:
             raise ConfigError("autoencoder steps, batch, encoder_width and kmeans_iterations must be >= 0 (batch >= 1)")
         if self.lr <= 0 or self.kl_weight < 0 or self.class_weight < 0:
             raise ConfigError("autoencoder lr must be > 0 and kl_weight, class_weight >= 0")
+        if self.priors not in PRIOR_MODES:
+            raise ConfigError(f"prior placement {self.priors!r} is unknown; use one of {', '.join(PRIOR_MODES)}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -156,11 +161,22 @@ def _encode(encoder: Encoder, x: torch.Tensor, batch: int = 1024) -> tuple[torch
 
 @torch.no_grad()
 def _fit_priors(encoder, x, y, num_classes, lpc, cfg, g) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means of each class's encoded means into ``lpc`` groups -> (mu, var) [K*L, z]."""
+    """Each class's encoded images -> its ``lpc`` priors (mu, var) [K*L, z].
+
+    ``kmeans``: k-means of the class's encoded means into L groups, each group a prior.
+    ``images``: L of the class's images, drawn at random (more than it has: repeated),
+    each its own prior: mu = its encoded mean, var = the class's mean posterior variance,
+    the same row for every prior of the class (zstd stores the repeats almost for free).
+    """
     m, s2 = _encode(encoder.eval(), x)
     mus, vars_ = [], []
     for c in range(num_classes):
         mc, sc = m[y == c].cpu(), s2[y == c].cpu()  # [n_c, z]
+        if cfg.priors == "images":
+            pick = torch.randperm(mc.shape[0], generator=g).repeat(-(-lpc // mc.shape[0]))[:lpc]  # [L]
+            mus.append(mc[pick])
+            vars_.append(sc.mean(0).expand(lpc, -1))
+            continue
         assign = kmeans(mc, lpc, cfg.kmeans_iterations, g)  # [n_c]
         spread = mc.var(0, unbiased=False) + sc.mean(0)  # the class's own spread, for empty groups
         for group in range(lpc):
@@ -171,7 +187,8 @@ def _fit_priors(encoder, x, y, num_classes, lpc, cfg, g) -> tuple[torch.Tensor, 
                 continue
             mus.append(mc[members].mean(0))
             vars_.append(mc[members].var(0, unbiased=False) + sc[members].mean(0))
-    return torch.stack(mus), torch.stack(vars_).clamp_min(math.exp(LOGVAR_RANGE[0]))
+    return torch.cat([t.reshape(-1, m.shape[1]) for t in mus]), torch.cat(
+        [t.reshape(-1, m.shape[1]) for t in vars_]).clamp_min(math.exp(LOGVAR_RANGE[0]))
 
 
 def kmeans(points: torch.Tensor, k: int, iterations: int, g: torch.Generator) -> torch.Tensor:

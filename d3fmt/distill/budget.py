@@ -100,6 +100,7 @@ class BudgetPlan:
     soft_encoding: str = "int8"  # soft labels, one scale per row
     estimated_bytes: int = 0  # upper bound of the file size (all sections raw)
     max_bytes: int = 0
+    teacher_width: int = 0  # the labelling teacher's ConvNet width (0: no teacher), see fit_teacher
     decoders: list[dict] = field(default_factory=list)  # one DecoderConfig JSON per subtask
 
     def choices(self) -> dict:
@@ -315,6 +316,36 @@ def _check_request(req: BudgetRequest) -> None:
         raise ConfigError(f"unknown encoding {req.weight_encoding!r}; use one of {', '.join(ENCODINGS)}")
     if req.family is not None and req.family not in ("small", "medium", "large"):
         raise ConfigError(f"unknown decoder family {req.family!r}; use small, medium or large")
+
+
+TEACHER_SHARE = 0.25  # at most this share of the budget goes to the labelling teacher
+MAX_AUTO_TEACHER_WIDTH = 64  # the fitter's widest teacher (wider ones cost CPU time more than they add)
+MIN_TEACHER_WIDTH = 4
+
+
+def teacher_bytes(num_classes: int, image_shape: tuple[int, int, int], width: int) -> int:
+    """Upper bound of what a teacher of ``width`` adds to a file: its sections (raw, int8
+    kernels and matrices, float16 vectors) plus their header entries."""
+    from d3fmt.teacher import section_encoding, teacher_config, teacher_param_shapes
+
+    c, h, _ = image_shape
+    shapes = teacher_param_shapes(teacher_config(c, num_classes, h, width))
+    data = sum(section_bytes(s, section_encoding(s, "int8", "float16")) for s in shapes.values())
+    # header: a section entry + a name-map entry per tensor and the config, about half of
+    # HEADER_PER_SECTION each once the header is compressed (measured: 2,354 bytes in all
+    # for a width-8 teacher on 8x8 images, estimated 3,100)
+    return data + HEADER_PER_SECTION * len(shapes) // 2 + 256
+
+
+def fit_teacher(num_classes: int, image_shape: tuple[int, int, int], max_bytes: int, width: int | None) -> int:
+    """The teacher width: ``width`` when given (0: none), else the widest up to
+    ``MAX_AUTO_TEACHER_WIDTH`` whose bytes stay under ``TEACHER_SHARE`` of the cap (0 when
+    not even ``MIN_TEACHER_WIDTH`` fits)."""
+    if width is not None:
+        return width
+    fits = [w for w in range(MIN_TEACHER_WIDTH, MAX_AUTO_TEACHER_WIDTH + 1)
+            if teacher_bytes(num_classes, image_shape, w) <= TEACHER_SHARE * max_bytes]
+    return max(fits, default=0)
 
 
 def _too_small(req: BudgetRequest) -> BudgetError:

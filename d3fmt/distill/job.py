@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from d3fmt.distill.assemble import EVAL_RESERVE, make_header, measure_plan, placeholders
-from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, gaussian_ratios
+from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, fit_teacher, gaussian_ratios, teacher_bytes
 from d3fmt.distill.settings import PackConfig, run_key
-from d3fmt.errors import ConfigError
+from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.evaluate import EvalResult
 from d3fmt.format import budget_bytes
 from d3fmt.sources import open_source
@@ -98,15 +98,33 @@ def prepare(cfg: PackConfig) -> PackContext:
 
 
 def fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int) -> BudgetPlan:
+    """The budget plan: the teacher's bytes are set aside first (``fit_teacher``), the
+    priors and decoders fill the rest; a fitter-chosen teacher is dropped when nothing
+    else would fit beside it."""
+    shape = tuple(info.image_shape)
+    teacher = fit_teacher(info.num_classes, shape, max_bytes, cfg.teacher_width)
+    try:
+        return _fit(cfg, info, parts, ipc, max_bytes, teacher)
+    except BudgetError:
+        if teacher == 0 or cfg.teacher_width is not None:
+            raise
+        return _fit(cfg, info, parts, ipc, max_bytes, 0)
+
+
+def _fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int, teacher: int) -> BudgetPlan:
+    shape = tuple(info.image_shape)
+    reserve = EVAL_RESERVE + (teacher_bytes(info.num_classes, shape, teacher) if teacher else 0)
     req = BudgetRequest(
-        num_classes=info.num_classes, image_shape=tuple(info.image_shape), max_bytes=max_bytes,
-        subtask_classes=[len(p) for p in parts], soft_labels=cfg.soft_labels, ipc=ipc, reserve=EVAL_RESERVE,
+        num_classes=info.num_classes, image_shape=shape, max_bytes=max_bytes,
+        subtask_classes=[len(p) for p in parts], soft_labels=cfg.soft_labels, ipc=ipc, reserve=reserve,
         family=cfg.family, z_dim=cfg.z_dim, latents_per_class=cfg.latents_per_class, width=cfg.decoder_width,
         weight_encoding=cfg.encoding, ratios=gaussian_ratios(),
     )
     ones = [0.5] * info.image_shape[0]
-    return fit_budget(req, measure=lambda plan: measure_plan(
+    plan = fit_budget(req, measure=lambda plan: measure_plan(
         lambda p: placeholders(make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)), plan))
+    plan.teacher_width = teacher
+    return plan
 
 
 def class_heads(source, per_class: int, split: str = "train"):

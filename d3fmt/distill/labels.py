@@ -22,6 +22,7 @@ from d3fmt.models.decoder import build_decoder
 from d3fmt.progress import bar
 from d3fmt.representation import tanh_to_normalized
 from d3fmt.seeds import derive_seed
+from d3fmt.teacher import attach_teacher, train_teacher
 
 LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
 
@@ -70,3 +71,27 @@ def soft_labels(teacher, container: D3Container, device) -> dict[int, np.ndarray
             probs.append(torch.softmax(teacher(tanh_to_normalized(t, mean, std)).float(), dim=1).cpu())
         out[entry["id"]] = torch.cat(probs).numpy().astype(np.float32)  # [rows, K]
     return out
+
+
+def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None:
+    """Train the labelling teacher the plan sized (``budget.choices.teacher_width``) on the
+    source's training images and store it in ``container`` (:mod:`d3fmt.teacher`).
+
+    It trains on every training image of the source (uint8 in memory: 60,000 x 784 bytes
+    for Fashion-MNIST), seeded by (seed, "teacher")."""
+    header = container.header
+    width = int(header["budget"].get("choices", {}).get("teacher_width") or 0)
+    if width <= 0:
+        return
+    tcfg = replace(cfg.teacher, width=width)
+    x, y = source.load("train")
+    norm = header["normalization"]
+    with bar(cfg.quiet, total=tcfg.epochs, desc=f"teacher (ConvNet-{width})", unit="epoch") as pbar:
+        def tick(epoch, loss):
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss:.3f}")
+        model = train_teacher(x, y, header["num_classes"], norm["mean"], norm["std"], tcfg, device=device,
+                              seed=derive_seed(cfg.seed, "teacher"), progress=tick)
+    choices = header["budget"]["choices"]
+    attach_teacher(container, model, tcfg.temperature, weight_encoding="int8",
+                   vector_encoding=choices.get("vector_encoding", "float16"))

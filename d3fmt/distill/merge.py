@@ -29,7 +29,7 @@ from d3fmt.device import resolve_device
 from d3fmt.distill.assemble import EVAL_RESERVE, fit_to_cap
 from d3fmt.distill.budget import BudgetPlan
 from d3fmt.distill.job import PackResult, open_pack_source, partition_classes, partition_hash
-from d3fmt.distill.labels import label_teacher, soft_labels
+from d3fmt.distill.labels import add_teacher, label_teacher, soft_labels
 from d3fmt.distill.settings import PackConfig, config_from_settings, run_key
 from d3fmt.errors import BudgetError, ConfigError, D3Error, FormatError, MergeError
 from d3fmt.evaluate import EvalConfig, EvalResult, evaluate_representation
@@ -282,6 +282,7 @@ def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Pat
         norm = header["normalization"]
         teacher = label_teacher(source, cfg, norm["mean"], norm["std"], device)
         add_soft_labels(container, teacher, device)
+    add_teacher(container, cfg, source, device)
     fit_to_cap(container, max_bytes - EVAL_RESERVE)
     evaluation = None
     if cfg.evaluation is not None:
@@ -319,7 +320,7 @@ def open_merge_source(cfg: PackConfig, mcfg: MergeConfig, ref: dict):
     except D3Error as exc:
         if mcfg.source:
             raise
-        raise ConfigError(f"merging needs the source for soft labels / evaluation and the recorded one ({spec}) "
+        raise ConfigError(f"merging needs the source for soft labels / the teacher / evaluation and the recorded one ({spec}) "
                           f"cannot be opened here ({exc}); pass --source SRC, or --no-eval with --hard-labels parts") from None
     want = ref["provenance"]["source_hash"]
     if source.info.content_hash != want:
@@ -338,7 +339,7 @@ def merge(paths: list, mcfg: MergeConfig) -> PackResult:
     cfg = merge_config(ref, mcfg)
     device = resolve_device(mcfg.device)
     source = None
-    if cfg.soft_labels or cfg.evaluation is not None:
+    if cfg.soft_labels or cfg.evaluation is not None or plan_of(ref).teacher_width:
         source = open_merge_source(cfg, mcfg, ref)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.work_dir) / "runs" / run_key(cfg, ref["provenance"]["source_hash"])

@@ -25,6 +25,7 @@ from d3fmt.distill.presets import DEFAULTS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
 from d3fmt.evaluate import EvalConfig
+from d3fmt.teacher import MAX_TEACHER_WIDTH, TeacherConfig
 
 
 @dataclass
@@ -62,6 +63,9 @@ class PackConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluation: EvalConfig | None = field(default_factory=EvalConfig)  # None = --no-eval
     quiet: bool = DEFAULTS["quiet"]
+    # the labelling teacher stored in the file (d3fmt.teacher); width None = the budget fitter's choice, 0 = none
+    teacher_width: int | None = DEFAULTS["teacher_width"]
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def __post_init__(self):
         if (self.budget is None) == (self.max_bytes is None):
@@ -73,6 +77,8 @@ class PackConfig:
         if self.subtask is not None and not 0 <= self.subtask < self.subtasks:
             raise ConfigError(f"--subtask must be in 0..{self.subtasks - 1} for --subtasks {self.subtasks}, "
                               f"got {self.subtask}")
+        if self.teacher_width is not None and not 0 <= self.teacher_width <= MAX_TEACHER_WIDTH:
+            raise ConfigError(f"--teacher-width must be in 0..{MAX_TEACHER_WIDTH} (0: no teacher), got {self.teacher_width}")
         if self.label_sample < 1:
             raise ConfigError(f"--label-sample must be >= 1 image per class, got {self.label_sample}")
 
@@ -109,12 +115,13 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         label_sample=s["label_sample"], seed=seed, device=s["device"], devices=devices, work_dir=s["work_dir"],
         resume=s["resume"], soft_labels=s["soft_labels"], samples_per_class=samples_per_class, family=s["family"],
         z_dim=s["z_dim"], latents_per_class=s["latents_per_class"], decoder_width=s["decoder_width"],
-        encoding=s["encoding"], quiet=s["quiet"],
+        encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
+        teacher=TeacherConfig(epochs=s["teacher_epochs"]),
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,
                               warmup=round(s["warmup"] * iterations),
-                              autoencoder=AutoencoderConfig(steps=s["pretrain_steps"]),
+                              autoencoder=AutoencoderConfig(steps=s["pretrain_steps"], priors=s["priors"]),
                               checkpoint_every=s["checkpoint_every"], dsa=DSAParams(), **advanced),
         evaluation=EvalConfig(epochs=p["eval_epochs"], runs=s["eval_runs"], width=width, seed=seed)
         if s["evaluate"] else None,
@@ -139,6 +146,8 @@ def config_from_settings(settings: dict, **run) -> PackConfig:
     d["experts"] = ExpertConfig(**d["experts"])
     d["distill"] = DistillConfig(**d["distill"])
     d["evaluation"] = EvalConfig(**d["evaluation"]) if d.get("evaluation") is not None else None
+    if "teacher" in d:
+        d["teacher"] = TeacherConfig(**d["teacher"])
     try:
         return PackConfig(**d, **run)
     except TypeError as exc:

@@ -23,6 +23,7 @@ from d3fmt.errors import ConfigError, D3IOError, FormatError, IntegrityError, Li
 from d3fmt.format import compression
 from d3fmt.format.constants import (
     FLAG_HEADER_ZSTD,
+    FORMAT_MINOR,
     HASH_BYTES,
     MAX_HEADER_BYTES,
     MAX_HEADER_PADDING,
@@ -162,7 +163,8 @@ def assemble(header: dict, payloads: list[SectionPayload], *, compress_header: b
     validate_header(full, sections)
     check_layout(sections, PREAMBLE_BYTES + len(stored), first + data_len)
 
-    pre = Preamble(len(stored), raw_len, digest(stored), flags)
+    # The lowest minor version whose features the file uses (spec section 8): 1.1 adds `teacher`.
+    pre = Preamble(len(stored), raw_len, digest(stored), flags, minor=1 if "teacher" in full else FORMAT_MINOR)
     out = bytearray(pre.pack())
     out += stored
     for p, r in zip(payloads, rel):

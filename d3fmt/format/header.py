@@ -401,6 +401,14 @@ def check_semantics(header: dict, sections: dict[str, SectionInfo]) -> None:
         )
     if (header["labels"] == "soft") != all_soft:
         raise FormatError('labels must be "soft" exactly when every subtask has a soft-label tensor')
+    teacher = header.get("teacher")
+    if teacher is not None:
+        for param, name in teacher["tensors"].items():
+            info = sections.get(name)
+            if info is None:
+                raise FormatError(f"teacher parameter {param[:60]!r} names missing section {name[:60]!r}")
+            if info.dtype not in FLOAT_ENCODINGS:
+                raise FormatError(f"teacher section {name[:60]!r} uses {info.dtype}; it needs a float encoding")
 
 
 def _check_tensor(sections: dict[str, SectionInfo], name: str, shape: tuple[int, int], what: str) -> None:

@@ -3,7 +3,7 @@
 summarize() builds one JSON-able dict (the `--json` output, a stable interface for
 scripts and benchmarks); render_text() turns it into a short human summary. Bytes are
 attributed to four kinds so that the budget can be read at a glance: priors (mu,
-logvar), decoders, labels (soft labels) and header (preamble, header, padding);
+logvar), decoders, labels (soft labels, the labelling teacher) and header (preamble, header, padding);
 sections no subtask names count as "other".
 """
 
@@ -26,7 +26,23 @@ def _section_kinds(header: dict) -> dict[str, str]:
             kinds[t["soft"]] = "labels"
         for name in t["decoder"].values():
             kinds[name] = "decoders"
+    for name in (header.get("teacher") or {}).get("tensors", {}).values():
+        kinds[name] = "labels"  # the labelling teacher
     return kinds
+
+
+def _teacher_summary(teacher) -> dict | None:
+    if not isinstance(teacher, dict):
+        return None
+    config = teacher.get("config") or {}
+    return {"model": teacher.get("model"), "width": config.get("width"), "temperature": teacher.get("temperature")}
+
+
+def _labels_text(summary: dict) -> str:
+    t = summary.get("teacher")
+    if not t:
+        return summary["labels"]
+    return f"teacher ({t['model']}, width {t['width']}, temperature {t['temperature']:g}) on every sample"
 
 
 def summarize(path, verify: bool = False) -> dict:
@@ -65,6 +81,7 @@ def summarize(path, verify: bool = False) -> dict:
         "image_shape": h["image_shape"],
         "normalization": h["normalization"],
         "labels": h["labels"],
+        "teacher": _teacher_summary(h.get("teacher")),
         "partial": bool(h.get("partial", False)),
         "samples_per_class": h["samples_per_class"],
         "budget": {k: b[k] for k in ("ipc", "max_bytes", "bytes_used", "ipc_equivalent_fp32", "ipc_equivalent_uint8")},
@@ -123,7 +140,7 @@ def render_text(summary: dict) -> str:
         f"           = {b['ipc_equivalent_fp32']:.3f} images/class as float32, "
         f"{b['ipc_equivalent_uint8']:.3f} as uint8",
         f"classes    {s['num_classes']}{' (partial)' if s['partial'] else ''}: {_names(s['class_names'])}",
-        f"images     {c} x {hh} x {ww}; labels {s['labels']}; {s['samples_per_class']} samples/class by default",
+        f"images     {c} x {hh} x {ww}; labels {_labels_text(s)}; {s['samples_per_class']} samples/class by default",
         "bytes      " + "  ".join(f"{k} {kb[k]:,}" for k in ("priors", "decoders", "labels", "header"))
         + (f"  other {kb['other']:,}" if kb["other"] else ""),
         f"subtasks   {len(s['subtasks'])}",
