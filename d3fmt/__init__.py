@@ -17,9 +17,11 @@ from d3fmt.errors import (  # noqa: F401
     IntegrityError,
     LimitError,
     MergeError,
+    MissingExtraError,
     SourceError,
     TrainingError,
     UnsupportedVersionError,
+    missing_extra,
 )
 
 __version__ = "0.1.0"
@@ -39,7 +41,13 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'd3fmt' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    try:
+        return getattr(import_module(module), name)
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def __dir__():

@@ -17,7 +17,7 @@ from d3fmt import __version__
 from d3fmt.distill.presets import DEFAULTS as D
 from d3fmt.distill.presets import NAMES as PRESET_NAMES
 from d3fmt.distill.presets import preset_values
-from d3fmt.errors import ConfigError, D3Error, TrainingError
+from d3fmt.errors import ConfigError, D3Error, TrainingError, missing_extra
 
 
 class _Group(click.Group):
@@ -35,6 +35,12 @@ class _Group(click.Group):
             click.echo(f"Error: out of memory ({str(exc).splitlines()[0] if str(exc) else 'MemoryError'}); "
                        "use a smaller --budget, --convnet-width or batch size, or another device", err=True)
             sys.exit(TrainingError.exit_code)
+        except ModuleNotFoundError as exc:
+            error = missing_extra(exc)
+            if error is None:
+                raise
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)

@@ -18,6 +18,10 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r} is not a device torch knows; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name} does not exist: {torch.cuda.device_count()} GPU(s) are visible "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); use one of them or --device auto")
+    return device

@@ -7,7 +7,7 @@ names the problem and, where there is one, the fix. The CLI turns these into a c
 ``d3fmt.cli``); anything else is a bug. Exit codes: 1 any other D3Error, 2 a bad option
 (as click's own usage errors), 3 a malformed file, 4 a bad source, 5 an impossible
 budget, 6 parts that do not merge, 7 a file that cannot be read or written, 8 training
-that failed; 130 an interrupt.
+that failed, 9 an optional dependency that is not installed; 130 an interrupt.
 """
 
 from __future__ import annotations
@@ -86,3 +86,25 @@ __all__ = [
     "D3IOError",
     "TrainingError",
 ]
+
+
+class MissingExtraError(D3Error):
+    """A command or API needs an optional dependency that is not installed."""
+
+    exit_code = 9
+
+
+# top-level module -> (pip package, d3fmt extra that installs it)
+EXTRA_MODULES = {"torch": ("torch==2.13.0", "torch"), "safetensors": ("safetensors", "torch"),
+                 "PIL": ("pillow", "torch"), "webdataset": ("webdataset", "torch"), "tqdm": ("tqdm", "torch"),
+                 "sklearn": ("scikit-learn", "torch")}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> D3Error | None:
+    """The one-line error for a missing optional dependency, or None when ``exc`` is not about one."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRA_MODULES:
+        return None
+    package, extra = EXTRA_MODULES[top]
+    return MissingExtraError(f"this needs the {package} package (module {top!r}), which is not installed; install "
+                             f"d3fmt's [{extra}] extra: pip install torch==2.13.0 'd3fmt[{extra}]'")
