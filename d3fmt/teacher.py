@@ -46,6 +46,7 @@ class TeacherConfig:
 
     width: int = 0  # ConvNet width; 0 = no teacher (labels hard or per-prior soft)
     epochs: int = 6  # passes over the real training images
+    per_class: int = 6000  # the first images of every class it trains on (bounds its memory: per_class * K images)
     batch: int = 256
     lr: float = 0.01
     temperature: float = 1.0  # stored; labels are softmax(logits / temperature)
@@ -53,8 +54,9 @@ class TeacherConfig:
     def __post_init__(self):
         if self.width < 0 or self.width > MAX_TEACHER_WIDTH:
             raise ConfigError(f"--teacher-width must be in [0, {MAX_TEACHER_WIDTH}] (0 = no teacher), got {self.width}")
-        if self.epochs < 1 or self.batch < 2:
-            raise ConfigError(f"--teacher-epochs must be >= 1 (got {self.epochs}) and the teacher batch >= 2")
+        if self.epochs < 1 or self.batch < 2 or self.per_class < 1:
+            raise ConfigError(f"--teacher-epochs must be >= 1 (got {self.epochs}), the teacher batch >= 2 and its "
+                              f"images per class >= 1 (got {self.per_class})")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError("the teacher lr and temperature must be positive numbers")
 
@@ -137,24 +139,6 @@ def teacher_probs(model: ConvNet, x_normalized: torch.Tensor, temperature: float
     with torch.inference_mode():
         logits = model(x_normalized.to(next(model.parameters()).dtype))  # [N, K]
         return torch.softmax(logits.float() / temperature, dim=1)
-
-
-def train_teacher(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, mean, std, cfg: TeacherConfig,
-                  device="cpu", seed: int = 0, progress=None) -> ConvNet:
-    """Train the teacher on real uint8 images [N, C, H, W] with the evaluation protocol
-    (:func:`d3fmt.evaluate.train_model`: SGD momentum 0.9, wd 5e-4, DSA, lr / 10 at half)."""
-    from d3fmt.evaluate import EvalConfig, real_epochs, train_model
-
-    if not cfg.enabled:
-        raise ConfigError("the teacher is disabled (width 0); give --teacher-width N")
-    c, h, _ = (int(v) for v in np.shape(x_uint8)[1:])
-    ecfg = EvalConfig(model="convnet", epochs=cfg.epochs, width=cfg.width, batch_size=cfg.batch, device=str(device))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ConvNet(teacher_config(c, num_classes, h, cfg.width))
-    epochs_fn = real_epochs(x_uint8, y, mean, std, torch.device(device))
-    model = train_model(model, epochs_fn, ecfg, cfg.lr, seed, progress)
-    return model.cpu().eval().requires_grad_(False)
 
 
 def section_encoding(shape, weight_encoding: str, vector_encoding: str) -> str:

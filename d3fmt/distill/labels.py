@@ -16,13 +16,15 @@ import torch
 from d3fmt.distill.experts import train_experts
 from d3fmt.distill.job import class_heads, normalized_float
 from d3fmt.distill.settings import PackConfig
+from d3fmt.errors import ConfigError
+from d3fmt.evaluate import EvalConfig, real_epochs, train_model
 from d3fmt.format import D3Container
 from d3fmt.models.convnet import ConvNet, load_flat_
 from d3fmt.models.decoder import build_decoder
 from d3fmt.progress import bar
 from d3fmt.representation import tanh_to_normalized
 from d3fmt.seeds import derive_seed
-from d3fmt.teacher import attach_teacher, train_teacher
+from d3fmt.teacher import TeacherConfig, attach_teacher, teacher_config
 
 LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
 
@@ -77,14 +79,15 @@ def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None
     """Train the labelling teacher the plan sized (``budget.choices.teacher_width``) on the
     source's training images and store it in ``container`` (:mod:`d3fmt.teacher`).
 
-    It trains on every training image of the source (uint8 in memory: 60,000 x 784 bytes
-    for Fashion-MNIST), seeded by (seed, "teacher")."""
+    It trains on the first ``teacher.per_class`` training images of every class (default
+    6,000: all of Fashion-MNIST, 47 MB as uint8; on ImageNet about 1,300 per class, so pick
+    a smaller number there), seeded by (seed, "teacher")."""
     header = container.header
     width = int(header["budget"].get("choices", {}).get("teacher_width") or 0)
     if width <= 0:
         return
     tcfg = replace(cfg.teacher, width=width)
-    x, y = source.load("train")
+    x, y = label_sample(source, tcfg.per_class)  # one class at a time; at most per_class * K images
     norm = header["normalization"]
     with bar(cfg.quiet, total=tcfg.epochs, desc=f"teacher (ConvNet-{width})", unit="epoch") as pbar:
         def tick(epoch, loss):
@@ -95,3 +98,19 @@ def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None
     choices = header["budget"]["choices"]
     attach_teacher(container, model, tcfg.temperature, weight_encoding="int8",
                    vector_encoding=choices.get("vector_encoding", "float16"))
+
+
+def train_teacher(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, mean, std, cfg: TeacherConfig,
+                  device="cpu", seed: int = 0, progress=None) -> ConvNet:
+    """Train the teacher on real uint8 images [N, C, H, W] with the evaluation protocol
+    (:func:`d3fmt.evaluate.train_model`: SGD momentum 0.9, wd 5e-4, DSA, lr / 10 at half)."""
+    if not cfg.enabled:
+        raise ConfigError("the teacher is disabled (width 0); give --teacher-width N")
+    c, h, _ = (int(v) for v in np.shape(x_uint8)[1:])
+    ecfg = EvalConfig(model="convnet", epochs=cfg.epochs, width=cfg.width, batch_size=cfg.batch, device=str(device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConvNet(teacher_config(c, num_classes, h, cfg.width))
+    epochs_fn = real_epochs(x_uint8, y, mean, std, torch.device(device))
+    model = train_model(model, epochs_fn, ecfg, cfg.lr, seed, progress)
+    return model.cpu().eval().requires_grad_(False)
