@@ -288,6 +288,8 @@ def run_codecs(cfg: BaselineConfig, codecs=None, max_bytes: int | None = None, p
     """``d3 baseline codecs``: the family at ``max_bytes`` or the budget's B*K*C*H*W*4 bytes."""
     if (cfg.budget is None) == (max_bytes is None):
         raise ConfigError("give exactly one of --budget B (images per class) and --max-bytes N")
+    if max_bytes is not None and max_bytes < 1:
+        raise ConfigError(f"--max-bytes must be a positive byte count, got {max_bytes}")
     names = parse_codecs(codecs)
     source, x, y, test = _open(cfg)
     info = source.info

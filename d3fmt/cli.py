@@ -481,8 +481,6 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
     from d3fmt.progress import bar
 
     names = parse_codecs(codec_list)
-    if max_bytes is not None and max_bytes < 1:
-        raise ConfigError(f"--max-bytes must be a positive byte count, got {max_bytes}")
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
                          evaluation=_eval_config(**eval_kw))
     started: list[str] = []
