@@ -174,6 +174,10 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--no-eval", "evaluate", flag_value=False, default=D["evaluate"], help="Skip the final evaluation on the held-out real split.")
 @click.option("--eval-epochs", type=int, help=f"Epochs of the final evaluation training [{preset_values('eval_epochs')}].")
 @click.option("--eval-runs", default=D["eval_runs"], show_default=True, help="Independent evaluation runs (mean and std recorded).")
+@click.option("--compare", is_flag=True, default=D["compare"],
+              help="The final evaluation also trains the same-bytes codec family (d3 baseline codecs' default "
+                   "shortlist at the file's exact bytes) and records the best codec beside the file's accuracy; "
+                   "d3 inspect then shows the margin. Costs one evaluation per codec.")
 @click.option("--device", default=D["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=D["seed"], show_default=True, help="Seed of everything random.")
 @click.option("--work-dir", default=D["work_dir"], show_default=True, type=click.Path(file_okay=False), help="Expert cache and checkpoints.")

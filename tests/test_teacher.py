@@ -171,3 +171,16 @@ def test_pack_refuses_a_bad_teacher_width(tmp_path):
     res = CliRunner().invoke(main, ["pack", "digits", "-o", str(tmp_path / "x.d3"), "--budget", "10",
                                     "--teacher-width", "-3", *FAST])
     assert res.exit_code != 0 and "teacher-width" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_pack_compare_records_the_best_same_bytes_codec(tmp_path):
+    out = tmp_path / "c.d3"
+    res = CliRunner().invoke(main, ["pack", "digits", "-o", str(out), "--budget", "10", "--teacher-width", "0",
+                                    "--eval-epochs", "2", "--compare", "--work-dir", str(tmp_path / "w"), *FAST])
+    assert res.exit_code == 0, res.output
+    rec = read_d3(out).header["evals"][0]
+    assert rec["compare"]["images_per_class"] >= 1 and rec["compare"]["bytes"] <= read_d3(out).header["budget"]["max_bytes"]
+    assert "over the best same-bytes codec" in CliRunner().invoke(main, ["inspect", str(out)]).output
+    res = CliRunner().invoke(main, ["pack", "digits", "-o", str(out), "--budget", "10", "--no-eval", "--compare", *FAST])
+    assert res.exit_code == ConfigError.exit_code and "drop --no-eval" in res.output

@@ -273,6 +273,22 @@ def evaluate_pending(container: D3Container, source, cfg: PackConfig, device, ru
     return result
 
 
+def compare_codecs(container: D3Container, source, cfg: PackConfig, device):
+    """The same-bytes codec family (d3fmt.baseline.compare_same_bytes) at the file's bytes,
+    trained and tested like the file's own evaluation (`d3 pack --compare`)."""
+    from d3fmt.baseline import compare_same_bytes
+    from d3fmt.evaluate import TestSet
+
+    x, y = source.load("train")
+    test_x, test_y = source.load("test")
+    test = TestSet(test_x, np.asarray(test_y, np.int64), f"{source.info.name} [test split]")
+    ecfg = replace(cfg.evaluation, device=str(device))
+    with bar(cfg.quiet, total=None, desc="same-bytes codecs", unit="codec") as pbar:
+        return compare_same_bytes(x, np.asarray(y, np.int64), test, container.header["num_classes"],
+                                  len(encode_d3(container)), ecfg, seed=cfg.seed,
+                                  on_codec=lambda name: (pbar.update(1), pbar.set_postfix(codec=name)))
+
+
 def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Path,
            expert_acc: list[float] | None = None) -> PackResult:
     """Soft labels, the cap, evaluation of the stored file, then one atomic write."""
@@ -288,7 +304,10 @@ def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Pat
     if cfg.evaluation is not None:
         evaluation = evaluate_pending(container, source, cfg, device, run_dir)
         info = source.info
-        header["evals"].append(evaluation.record(f"{info.name} [test split, {info.num_test} images]"))
+        record = evaluation.record(f"{info.name} [test split, {info.num_test} images]")
+        if cfg.compare:
+            record["compare"] = compare_codecs(container, source, cfg, device).best.compare_record()
+        header["evals"].append(record)
     data = encode_d3(container)
     if len(data) > max_bytes:
         raise BudgetError(f"the merged file needs {len(data)} bytes, over the cap of {max_bytes}; "

@@ -66,6 +66,7 @@ class PackConfig:
     # the labelling teacher stored in the file (d3fmt.teacher); width None = the budget fitter's choice, 0 = none
     teacher_width: int | None = DEFAULTS["teacher_width"]
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    compare: bool = DEFAULTS["compare"]  # the final evaluation also trains the same-bytes codec family
 
     def __post_init__(self):
         if (self.budget is None) == (self.max_bytes is None):
@@ -79,6 +80,8 @@ class PackConfig:
                               f"got {self.subtask}")
         if self.teacher_width is not None and not 0 <= self.teacher_width <= MAX_TEACHER_WIDTH:
             raise ConfigError(f"--teacher-width must be in 0..{MAX_TEACHER_WIDTH} (0: no teacher), got {self.teacher_width}")
+        if self.compare and self.evaluation is None:
+            raise ConfigError("--compare trains the codec family beside the final evaluation; drop --no-eval")
         if self.label_sample < 1:
             raise ConfigError(f"--label-sample must be >= 1 image per class, got {self.label_sample}")
 
@@ -116,7 +119,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         resume=s["resume"], soft_labels=s["soft_labels"], samples_per_class=samples_per_class, family=s["family"],
         z_dim=s["z_dim"], latents_per_class=s["latents_per_class"], decoder_width=s["decoder_width"],
         encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
-        teacher=TeacherConfig(epochs=s["teacher_epochs"]),
+        teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,
