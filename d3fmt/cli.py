@@ -20,6 +20,24 @@ from d3fmt.distill.presets import preset_values
 from d3fmt.errors import ConfigError, D3Error, TrainingError, missing_extra
 
 
+class _TeacherWidth(click.ParamType):
+    """``auto`` (the fitter's choice) or a width >= 0."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        from d3fmt.teacher import AUTO_TEACHER
+
+        if isinstance(value, int) or str(value).lstrip("-").isdigit():
+            return int(value)
+        if str(value) == "auto":
+            return AUTO_TEACHER
+        self.fail(f"{value!r} is neither auto nor a width", param, ctx)
+
+
+TEACHER_WIDTH = _TeacherWidth()
+
+
 class _Group(click.Group):
     """A click group that turns library errors into clean one-line CLI errors."""
 
@@ -157,11 +175,12 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--latents", "latents_per_class", type=int, help="Latent priors per class [fitter's choice].")
 @click.option("--decoder-width", type=int, help="Decoder base width [fitter's choice: the widest that fits].")
 @click.option("--encoding", type=click.Choice(["float32", "float16", "int8"]), help="Decoder weight encoding [fitter's choice].")
-@click.option("--teacher-width", type=click.IntRange(0, 1024),
-              help="Width of the labelling teacher stored in the file: a ConvNet trained on all of SRC's training "
-                   "images that labels every decoded sample on the fly (softmax of its logits). Its bytes count "
-                   "against the budget [fitter's choice: the widest up to 64 within a quarter of the budget; "
-                   "0 = no teacher, labels are the priors' classes].")
+@click.option("--teacher-width", type=TEACHER_WIDTH, default=str(D["teacher_width"]), show_default=True,
+              help="Width of a labelling teacher stored in the file: a ConvNet trained on SRC's training images "
+                   "that labels every decoded sample on the fly (softmax of its logits); its bytes count against "
+                   "the budget. auto = the fitter's choice (the widest up to 64 within a quarter of the budget); "
+                   "0 = none (labels are the priors' classes). Measured on Fashion-MNIST it did not beat hard "
+                   "labels reliably (benchmarks/fmnist-ablation.md, section 7), hence off.")
 @click.option("--teacher-epochs", default=D["teacher_epochs"], show_default=True, type=click.IntRange(1),
               help="Passes of the teacher over the real training images.")
 @click.option("--priors", type=click.Choice(["kmeans", "images"]), default=D["priors"], show_default=True,

@@ -33,6 +33,8 @@ from d3fmt.models.convnet import ConvNet, ConvNetConfig
 
 SECTION_PREFIX = "teacher."
 MAX_TEACHER_WIDTH = 1024  # hostile configs must not allocate giant modules
+AUTO_TEACHER = -1  # `--teacher-width auto`: the budget fitter's choice
+MIN_TEACHER_STEPS = 1000  # SGD steps a teacher trains at least, however small the data (a weak teacher hurts)
 
 
 def section_name(param: str) -> str:
@@ -45,7 +47,7 @@ class TeacherConfig:
     """How the teacher is trained (``d3 pack --teacher-width/--teacher-epochs``)."""
 
     width: int = 0  # ConvNet width; 0 = no teacher (labels hard or per-prior soft)
-    epochs: int = 6  # passes over the real training images
+    epochs: int = 6  # passes over the real training images (at least MIN_TEACHER_STEPS SGD steps)
     per_class: int = 6000  # the first images of every class it trains on (bounds its memory: per_class * K images)
     batch: int = 256
     lr: float = 0.01

@@ -184,3 +184,13 @@ def test_pack_compare_records_the_best_same_bytes_codec(tmp_path):
     assert "over the best same-bytes codec" in CliRunner().invoke(main, ["inspect", str(out)]).output
     res = CliRunner().invoke(main, ["pack", "digits", "-o", str(out), "--budget", "10", "--no-eval", "--compare", *FAST])
     assert res.exit_code == ConfigError.exit_code and "drop --no-eval" in res.output
+
+
+def test_teacher_width_option_parses_auto_and_defaults_to_none():
+    from d3fmt.distill.settings import pack_config
+    from d3fmt.teacher import AUTO_TEACHER
+
+    assert pack_config("digits", "x.d3", budget=10).teacher_width == 0  # off by default
+    assert pack_config("digits", "x.d3", budget=10, teacher_width=AUTO_TEACHER).teacher_width == AUTO_TEACHER
+    res = CliRunner().invoke(main, ["pack", "digits", "-o", "x.d3", "--budget", "10", "--teacher-width", "wide"])
+    assert res.exit_code == 2 and "neither auto nor a width" in res.output

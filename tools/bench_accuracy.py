@@ -50,6 +50,7 @@ from d3fmt.evaluate import EvalConfig, EvalResult, TestSet, evaluate_file, evalu
 from d3fmt.format import D3Reader, budget_bytes
 from d3fmt.models.resnet import STANDARD_WIDTH
 from d3fmt.sources import open_source
+from d3fmt.teacher import AUTO_TEACHER
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 TARGETS = {1: 0.81, 10: 0.88, 50: 0.90}  # D3 ConvNet targets (issue 10), and 1 point over the best codec
@@ -75,7 +76,7 @@ class Profile:
     warmup: float = 0.9  # share of iterations trained by MMD alone first (the `d3 pack` default)
     pretrain_steps: int = 1500  # autoencoder stage (the `d3 pack` default); 0 = method.md's random start
     soft_labels: bool = False  # per-prior soft labels (never better than hard ones: fmnist-ablation.md)
-    teacher_width: int | None = None  # the labelling teacher in the file; None = the fitter's choice, 0 = none
+    teacher_width: int = AUTO_TEACHER  # the labelling teacher in the file: AUTO_TEACHER = the fitter's choice, 0 = none
     teacher_epochs: int = 6
     priors: str = "kmeans"  # where the autoencoder stage puts the priors (d3 pack --priors)
     steps: dict = field(default_factory=lambda: {1: 5000, 10: 5000, 50: 5000})  # SGD steps of every method

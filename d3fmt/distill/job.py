@@ -28,6 +28,7 @@ from d3fmt.evaluate import EvalResult
 from d3fmt.format import budget_bytes
 from d3fmt.sources import open_source
 from d3fmt.sources.stats import MIN_STD, PixelMoments
+from d3fmt.teacher import AUTO_TEACHER
 
 STATS_PER_CLASS = 64  # images per class behind the stored normalisation (mean, std)
 
@@ -102,11 +103,12 @@ def fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int) -> BudgetPlan:
     priors and decoders fill the rest; a fitter-chosen teacher is dropped when nothing
     else would fit beside it."""
     shape = tuple(info.image_shape)
-    teacher = fit_teacher(info.num_classes, shape, max_bytes, cfg.teacher_width)
+    auto = cfg.teacher_width == AUTO_TEACHER
+    teacher = fit_teacher(info.num_classes, shape, max_bytes, None if auto else cfg.teacher_width)
     try:
         return _fit(cfg, info, parts, ipc, max_bytes, teacher)
     except BudgetError:
-        if teacher == 0 or cfg.teacher_width is not None:
+        if teacher == 0 or not auto:
             raise
         return _fit(cfg, info, parts, ipc, max_bytes, 0)
 

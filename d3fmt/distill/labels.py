@@ -7,6 +7,7 @@ bytes as uint8 + float32 whatever the size of the source.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from d3fmt.models.decoder import build_decoder
 from d3fmt.progress import bar
 from d3fmt.representation import tanh_to_normalized
 from d3fmt.seeds import derive_seed
-from d3fmt.teacher import TeacherConfig, attach_teacher, teacher_config
+from d3fmt.teacher import MIN_TEACHER_STEPS, TeacherConfig, attach_teacher, teacher_config
 
 LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
 
@@ -89,7 +90,7 @@ def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None
     tcfg = replace(cfg.teacher, width=width)
     x, y = label_sample(source, tcfg.per_class)  # one class at a time; at most per_class * K images
     norm = header["normalization"]
-    with bar(cfg.quiet, total=tcfg.epochs, desc=f"teacher (ConvNet-{width})", unit="epoch") as pbar:
+    with bar(cfg.quiet, total=None, desc=f"teacher (ConvNet-{width})", unit="pass") as pbar:
         def tick(epoch, loss):
             pbar.update(1)
             pbar.set_postfix(loss=f"{loss:.3f}")
@@ -107,7 +108,8 @@ def train_teacher(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, mean, st
     if not cfg.enabled:
         raise ConfigError("the teacher is disabled (width 0); give --teacher-width N")
     c, h, _ = (int(v) for v in np.shape(x_uint8)[1:])
-    ecfg = EvalConfig(model="convnet", epochs=cfg.epochs, width=cfg.width, batch_size=cfg.batch, device=str(device))
+    steps = max(MIN_TEACHER_STEPS, cfg.epochs * math.ceil(len(y) / cfg.batch))
+    ecfg = EvalConfig(model="convnet", steps=steps, width=cfg.width, batch_size=cfg.batch, device=str(device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConvNet(teacher_config(c, num_classes, h, cfg.width))

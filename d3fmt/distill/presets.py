@@ -30,7 +30,7 @@ DEFAULTS: dict[str, object] = dict(
     match_epochs=2, max_start_epoch=0, mmd_weight=1.0, warmup=0.9, pretrain_steps=1500,
     family=None, z_dim=None, latents_per_class=None, decoder_width=None, encoding=None, soft_labels=False,
     evaluate=True, eval_runs=1, device="auto", seed=0, work_dir=".d3cache", checkpoint_every=50,
-    resume=False, quiet=False, teacher_width=None, teacher_epochs=6, priors="kmeans",
+    resume=False, quiet=False, teacher_width=0, teacher_epochs=6, priors="kmeans",
     compare=False,
 )
 

@@ -25,7 +25,7 @@ from d3fmt.distill.presets import DEFAULTS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
 from d3fmt.evaluate import EvalConfig
-from d3fmt.teacher import MAX_TEACHER_WIDTH, TeacherConfig
+from d3fmt.teacher import AUTO_TEACHER, MAX_TEACHER_WIDTH, TeacherConfig
 
 
 @dataclass
@@ -63,8 +63,9 @@ class PackConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluation: EvalConfig | None = field(default_factory=EvalConfig)  # None = --no-eval
     quiet: bool = DEFAULTS["quiet"]
-    # the labelling teacher stored in the file (d3fmt.teacher); width None = the budget fitter's choice, 0 = none
-    teacher_width: int | None = DEFAULTS["teacher_width"]
+    # the labelling teacher stored in the file (d3fmt.teacher): its width, 0 = none (the default),
+    # AUTO_TEACHER = the budget fitter's choice
+    teacher_width: int = DEFAULTS["teacher_width"]
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     compare: bool = DEFAULTS["compare"]  # the final evaluation also trains the same-bytes codec family
 
@@ -78,8 +79,9 @@ class PackConfig:
         if self.subtask is not None and not 0 <= self.subtask < self.subtasks:
             raise ConfigError(f"--subtask must be in 0..{self.subtasks - 1} for --subtasks {self.subtasks}, "
                               f"got {self.subtask}")
-        if self.teacher_width is not None and not 0 <= self.teacher_width <= MAX_TEACHER_WIDTH:
-            raise ConfigError(f"--teacher-width must be in 0..{MAX_TEACHER_WIDTH} (0: no teacher), got {self.teacher_width}")
+        if self.teacher_width != AUTO_TEACHER and not 0 <= self.teacher_width <= MAX_TEACHER_WIDTH:
+            raise ConfigError(f"--teacher-width must be auto or in 0..{MAX_TEACHER_WIDTH} (0: no teacher), "
+                              f"got {self.teacher_width}")
         if self.compare and self.evaluation is None:
             raise ConfigError("--compare trains the codec family beside the final evaluation; drop --no-eval")
         if self.label_sample < 1:
