@@ -256,11 +256,10 @@ def add_soft_labels(container: D3Container, teacher, device) -> None:
     header["labels"] = "soft"
 
 
-def evaluate_pending(container: D3Container, source, cfg: PackConfig, device, run_dir: Path) -> EvalResult:
+def evaluate_pending(container: D3Container, test_x, test_y, cfg: PackConfig, device, run_dir: Path) -> EvalResult:
     """Evaluate what the file will hold (after quantisation), via a pending file."""
     pending = run_dir / "pending.d3"
     write_d3(pending, container)
-    test_x, test_y = source.load("test")
     ecfg = replace(cfg.evaluation, device=str(device))
     with D3Reader(pending) as reader:
         rep = Representation.from_reader(reader, device=device)
@@ -273,14 +272,13 @@ def evaluate_pending(container: D3Container, source, cfg: PackConfig, device, ru
     return result
 
 
-def compare_codecs(container: D3Container, source, cfg: PackConfig, device):
+def compare_codecs(container: D3Container, source, test_x, test_y, cfg: PackConfig, device):
     """The same-bytes codec family (d3fmt.baseline.compare_same_bytes) at the file's bytes,
     trained and tested like the file's own evaluation (`d3 pack --compare`)."""
     from d3fmt.baseline import compare_same_bytes
     from d3fmt.evaluate import TestSet
 
     x, y = source.load("train")
-    test_x, test_y = source.load("test")
     test = TestSet(test_x, np.asarray(test_y, np.int64), f"{source.info.name} [test split]")
     ecfg = replace(cfg.evaluation, device=str(device))
     with bar(cfg.quiet, total=None, desc="same-bytes codecs", unit="codec") as pbar:
@@ -302,11 +300,12 @@ def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Pat
     fit_to_cap(container, max_bytes - EVAL_RESERVE)
     evaluation = None
     if cfg.evaluation is not None:
-        evaluation = evaluate_pending(container, source, cfg, device, run_dir)
+        test_x, test_y = source.load("test")  # once, for the file and for the codecs
+        evaluation = evaluate_pending(container, test_x, test_y, cfg, device, run_dir)
         info = source.info
         record = evaluation.record(f"{info.name} [test split, {info.num_test} images]")
         if cfg.compare:
-            record["compare"] = compare_codecs(container, source, cfg, device).best.compare_record()
+            record["compare"] = compare_codecs(container, source, test_x, test_y, cfg, device).best.compare_record()
         header["evals"].append(record)
     data = encode_d3(container)
     if len(data) > max_bytes:
