@@ -41,6 +41,7 @@ from d3fmt.errors import ConfigError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
 from d3fmt.models.resnet import STANDARD_WIDTH as RESNET_WIDTH
 from d3fmt.models.resnet import ResNet, ResNetConfig
+from d3fmt.pixels import Pixels
 from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
@@ -254,7 +255,7 @@ class StreamEpochs:
 
 def real_epochs(x_uint8: np.ndarray, y: np.ndarray, mean, std, device) -> Callable[[int], tuple]:
     """The same real images every epoch (augmentation makes them differ)."""
-    x = normalize(torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255), mean, std).to(device)  # [N,C,H,W]
+    x = Pixels.from_numpy(x_uint8, mean, std).to(device)  # uint8 [N, C, H, W], normalised per batch
     target = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
     return lambda epoch: (x, target)
 

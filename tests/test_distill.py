@@ -104,3 +104,21 @@ def test_warmup_trains_by_mmd_alone_with_alpha_frozen(digits):
     assert res.history["mtt"][:3] == [0.0, 0.0, 0.0] and all(v > 0 for v in res.history["mtt"][3:])
     assert seen[0] == seen[1] == seen[2] == pytest.approx(0.01)  # alpha frozen while warming up
     assert res.history["mmd"][0] > 0
+
+
+def test_mmd_classes_bounds_each_iterations_mmd_batch(digits, monkeypatch):
+    import d3fmt.distill.trainer as trainer
+
+    x, y, mean, std, traj = digits
+    seen, features = [], trainer.functional_features
+    monkeypatch.setattr(trainer, "functional_features",
+                        lambda net, flat, xb, layout: seen.append(xb.shape[0]) or features(net, flat, xb, layout))
+    res = distill(x, y, 10, DEC, 1, traj, _cfg(mean, std, iterations=2, syn_steps=1, warmup=2, mmd_classes=3))
+    assert seen == [3 * 16, 3 * 12] * 2  # 3 classes x mmd_real, then 3 classes x mmd_samples
+    assert all(math.isfinite(v) and v > 0 for v in res.history["mmd"])
+    g = torch.Generator().manual_seed(0)
+    task = type("T", (), {"num_classes": 10, "cfg": _cfg(mean, std, mmd_classes=4)})
+    classes, scale = trainer._mmd_classes(task, g)
+    assert classes.tolist() == sorted(set(classes.tolist())) and len(classes) == 4 and scale == 2.5
+    with pytest.raises(ConfigError, match="mmd_classes"):
+        _cfg(mean, std, mmd_classes=-1)

@@ -34,10 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from d3fmt.distill.experts import data_fingerprint
+from d3fmt.distill.experts import data_fingerprint, eval_batch
 from d3fmt.distill.storage import save_tensors
 from d3fmt.errors import ConfigError
 from d3fmt.models.decoder import LEAKY_SLOPE, Decoder, DecoderConfig, build_decoder
+from d3fmt.pixels import Pixels
 from d3fmt.representation import denormalize, unit_to_tanh
 
 LOGVAR_RANGE = (-10.0, 2.0)  # bounds of the stored prior log-variances
@@ -154,7 +155,8 @@ def pretrain(
 
 
 @torch.no_grad()
-def _encode(encoder: Encoder, x: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = eval_batch(x.shape)
     parts = [encoder(x[i : i + batch]) for i in range(0, x.shape[0], batch)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]).exp()  # [N, z] means, variances
 
@@ -236,7 +238,10 @@ def pretrain_cached(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         decoder = build_decoder(decoder_cfg).to(x_normalized.device)
-    x_tanh = unit_to_tanh(denormalize(x_normalized, mean, std))  # [N, C, H, W] in [-1, 1]
+    if isinstance(x_normalized, Pixels):  # uint8 stays uint8: batches become [-1, 1] on use
+        x_tanh = x_normalized.tanh()
+    else:
+        x_tanh = unit_to_tanh(denormalize(x_normalized, mean, std))  # [N, C, H, W] in [-1, 1]
     result = pretrain(x_tanh, y.to(x_normalized.device), num_classes, decoder, latents_per_class, cfg, seed, progress)
     tensors = {"mu": result.mu, "logvar": result.logvar, "reconstruction": torch.tensor([result.reconstruction])}
     tensors.update({f"decoder.{n}": t for n, t in result.decoder_state.items()})

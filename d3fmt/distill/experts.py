@@ -40,11 +40,13 @@ from d3fmt.augment import DSAParams, crop_flip, dsa
 from d3fmt.distill.storage import load_json, save_json, save_tensors
 from d3fmt.errors import ConfigError, TrainingError
 from d3fmt.models.convnet import ConvNet, ConvNetConfig, flatten_params, load_flat_
+from d3fmt.pixels import Pixels
 from d3fmt.seeds import mix_seed
 
 CACHE_VERSION = 1
 AUGMENTS = ("dsa", "cropflip", "none")
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # images per no-grad batch at most ...
+EVAL_BATCH_PIXELS = 2**21  # ... and at most this many input values (64x64 RGB: 170 images)
 MIN_STEPS_PER_EPOCH = 25
 
 
@@ -171,7 +173,7 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     """Content hash of the training tensors, used when the caller names no data identity."""
     h = hashlib.sha256()
     h.update(str(tuple(x.shape)).encode())
-    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(x.fingerprint() if isinstance(x, Pixels) else x.detach().cpu().contiguous().numpy())
     h.update(y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -327,6 +329,13 @@ def _report(progress, expert: int, epoch: int, info: dict) -> None:
         progress(expert, epoch, info)
 
 
+def eval_batch(shape) -> int:
+    """Images per inference batch for images of ``shape`` [N, C, H, W]: memory bounded by
+    the image size, not only by the image count."""
+    c, h, w = (int(v) for v in shape[1:])
+    return max(1, min(EVAL_BATCH, EVAL_BATCH_PIXELS // (c * h * w)))
+
+
 @torch.no_grad()
 def _accuracy_of_flat(netcfg: ConvNetConfig, flat: torch.Tensor, x, y, device) -> float:
     net = load_flat_(ConvNet(netcfg), flat).to(device).eval()
@@ -336,9 +345,9 @@ def _accuracy_of_flat(netcfg: ConvNetConfig, flat: torch.Tensor, x, y, device) -
 @torch.no_grad()
 def evaluate_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device="cpu") -> float:
     """Top-1 accuracy of ``net`` on x [N, C, H, W] (normalised), y [N], in batches."""
-    correct = 0
-    for start in range(0, x.shape[0], EVAL_BATCH):
-        xb = x[start : start + EVAL_BATCH].to(device)
-        correct += int((net(xb).argmax(1).cpu() == y[start : start + EVAL_BATCH].cpu()).sum())
+    correct, batch = 0, eval_batch(x.shape)
+    for start in range(0, x.shape[0], batch):
+        xb = x[start : start + batch].to(device)
+        correct += int((net(xb).argmax(1).cpu() == y[start : start + batch].cpu()).sum())
     return correct / max(1, x.shape[0])
 

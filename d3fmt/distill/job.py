@@ -26,6 +26,7 @@ from d3fmt.distill.settings import PackConfig, run_key
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.evaluate import EvalResult
 from d3fmt.format import budget_bytes
+from d3fmt.pixels import Pixels
 from d3fmt.sources import open_source
 from d3fmt.sources.stats import MIN_STD, PixelMoments
 from d3fmt.teacher import AUTO_TEACHER
@@ -150,17 +151,10 @@ def sample_stats(source, per_class: int) -> tuple[list[float], list[float]]:
     return moments.mean_std(MIN_STD)
 
 
-def normalized_float(x: np.ndarray, mean, std) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> float32 (x / 255 - mean) / std, computed in place: one float
-    copy of a subset in memory, not three (same values as representation.normalize)."""
-    t = torch.from_numpy(x).float().div_(255)  # [N, C, H, W]
-    t.sub_(torch.tensor(mean, dtype=t.dtype).reshape(-1, 1, 1))
-    return t.div_(torch.tensor(std, dtype=t.dtype).reshape(-1, 1, 1))
-
-
-def load_subset(source, classes: list[int], split: str, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised float images [N, C, H, W] and *local* labels 0..len(classes)-1."""
+def load_subset(source, classes: list[int], split: str, mean, std) -> tuple[Pixels, torch.Tensor]:
+    """The subset's images, uint8 [N, C, H, W] normalised per batch (:class:`Pixels`),
+    and *local* labels 0..len(classes)-1."""
     x, y = source.load(split, classes=classes)
     local = np.full(source.info.num_classes, -1, dtype=np.int64)
     local[classes] = np.arange(len(classes))
-    return normalized_float(x, mean, std), torch.from_numpy(local[y])
+    return Pixels.from_numpy(x, mean, std), torch.from_numpy(local[y])

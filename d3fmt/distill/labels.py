@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from d3fmt.distill.experts import train_experts
-from d3fmt.distill.job import class_heads, normalized_float
+from d3fmt.distill.job import class_heads
 from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import ConfigError
 from d3fmt.evaluate import EvalConfig, real_epochs, train_model
 from d3fmt.format import D3Container
 from d3fmt.models.convnet import ConvNet, load_flat_
 from d3fmt.models.decoder import build_decoder
+from d3fmt.pixels import Pixels
 from d3fmt.progress import bar
 from d3fmt.representation import tanh_to_normalized
 from d3fmt.seeds import derive_seed
@@ -42,8 +43,7 @@ def label_teacher(source, cfg: PackConfig, mean, std, device) -> ConvNet:
     info = source.info
     n = cfg.label_sample
     x, y = label_sample(source, n)
-    xt = normalized_float(x, mean, std)  # [n*K, C, H, W]
-    del x
+    xt = Pixels.from_numpy(x, mean, std)  # uint8 [n*K, C, H, W], normalised per batch
     # A teacher, not a trajectory: momentum makes it accurate in the same epochs, and its
     # accuracy is what soft labels are worth (trajectory experts keep plain SGD).
     one = replace(cfg.experts, num_experts=1, seed=derive_seed(cfg.experts.seed, "labels"), momentum=0.9)

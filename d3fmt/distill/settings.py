@@ -89,7 +89,7 @@ class PackConfig:
 
 
 # Settings of the distillation loop that `d3 pack` does not expose; None keeps DistillConfig's default.
-ADVANCED = ("batch_syn", "mmd_samples", "mmd_real")
+ADVANCED = ("batch_syn", "mmd_samples", "mmd_real", "mmd_classes")
 
 
 def pack_config(source: str, output: str, *, convnet_width: int | None = None,

@@ -8,7 +8,9 @@ Per iteration (method.md):
    batches, and the loss is its normalised distance to theta*_{t+expert_epochs}.
 2. MMD: expert e's *final* parameters, frozen, embed ``mmd_real`` real images and
    ``mmd_samples`` decoded samples per class (the same DSA transform on both: Siamese);
-   the squared MMD (mixture of RBF kernels) is summed over classes.
+   the squared MMD (mixture of RBF kernels) is summed over classes. With
+   ``mmd_classes`` = k > 0 and more classes than k, each iteration's MMD covers k random
+   classes (scaled by K / k), so its memory and time stop growing with the class count.
 3. total = mtt + mmd_weight * mmd; one step of each optimiser: priors SGD (momentum
    0.5), decoder Adam (weight decay 1e-5), alpha SGD (momentum 0.5, as the MTT
    reference's learnable lr), alpha then clamped to >= ``lr_min``.
@@ -66,6 +68,7 @@ from d3fmt.distill.storage import restore_rng, rng_state_tensor, save_tensors
 from d3fmt.errors import ConfigError, D3IOError, TrainingError
 from d3fmt.models.convnet import ConvNet, ParamLayout, functional_features
 from d3fmt.models.decoder import Decoder, DecoderConfig, build_decoder
+from d3fmt.pixels import select
 from d3fmt.representation import tanh_to_normalized
 
 CHECKPOINT_NAME = "distill_checkpoint.safetensors"
@@ -93,6 +96,7 @@ class DistillConfig:
     mmd_weight: float = 1.0
     mmd_samples: int = 16  # decoded samples per class for MMD
     mmd_real: int = 32  # real images per class for MMD
+    mmd_classes: int = 0  # classes in one iteration's MMD (random, scaled by K / k); 0 = all
     mmd_dsa: bool = True  # Siamese DSA on both MMD batches
     bandwidths: tuple[float, ...] = BANDWIDTHS
     dsa: DSAParams = field(default_factory=DSAParams)
@@ -114,6 +118,8 @@ class DistillConfig:
             self.autoencoder = AutoencoderConfig(**self.autoencoder)
         self.bandwidths = tuple(float(b) for b in self.bandwidths)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.mmd_classes < 0:
+            raise ConfigError(f"distill mmd_classes must be >= 0 (0 = all classes), got {self.mmd_classes}")
         for name in ("syn_steps", "expert_epochs", "mmd_samples", "mmd_real"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill {name} must be >= 1, got {getattr(self, name)}")
@@ -250,9 +256,11 @@ def _make_task(x, y, num_classes, decoder_cfg, lpc, trajectories, cfg, device) -
             f"{trajectories.num_epochs} epochs; train longer experts or lower them"
         )
     order = torch.argsort(y, stable=True)
+    if bool(torch.equal(order, torch.arange(order.numel()))):
+        order = None  # already grouped by class (sources list records by class): no copy
     net = ConvNet(net_cfg).to(device)
     return _Task(
-        x=x[order].to(device),
+        x=(x if order is None else select(x, order)).to(device),  # uint8 Pixels stay uint8 on the device
         class_start=(torch.cumsum(counts, 0) - counts),
         class_count=counts,
         num_classes=num_classes,
@@ -342,15 +350,18 @@ def _mtt_loss(task: _Task, state: _State, expert: int, start_epoch: int):
 
 
 def _mmd_loss(task: _Task, state: _State, expert: int) -> torch.Tensor:
-    """Sum over classes of MMD^2(real features of c, decoded features of c)."""
-    cfg, g, k, dev = task.cfg, state.generator, task.num_classes, task.device
+    """Sum over classes of MMD^2(real features of c, decoded features of c); over
+    ``mmd_classes`` random classes times K / k when that is set and below K."""
+    cfg, g, dev = task.cfg, state.generator, task.device
+    classes, scale = _mmd_classes(task, g)  # [k]
+    k = classes.numel()
     # real: mmd_real indices per class, drawn with replacement inside the class block
     u = torch.rand(k, cfg.mmd_real, generator=g)
-    real_idx = task.class_start.view(k, 1) + (u * task.class_count.view(k, 1)).long()  # [K, n]
-    x_real = task.x[real_idx.flatten().to(dev)]  # [K*n, C, H, W]
+    real_idx = task.class_start[classes].view(k, 1) + (u * task.class_count[classes].view(k, 1)).long()  # [k, n]
+    x_real = task.x[real_idx.flatten().to(dev)]  # [k*n, C, H, W]
     # synthetic: mmd_samples per class, each from a random one of the class's L priors
     slots = torch.randint(task.lpc, (k, cfg.mmd_samples), generator=g)
-    priors = (torch.arange(k).view(k, 1) * task.lpc + slots).flatten().to(dev)  # [K*m]
+    priors = (classes.view(k, 1) * task.lpc + slots).flatten().to(dev)  # [k*m]
     x_syn = _decode(task, state, priors)  # [K*m, C, H, W]
     if cfg.mmd_dsa and cfg.dsa.families:
         seed = random_seed(g)
@@ -363,7 +374,15 @@ def _mmd_loss(task: _Task, state: _State, expert: int) -> torch.Tensor:
             f_real = functional_features(task.net, final, x_real, task.layout)  # [K*n, D]
         f_syn = functional_features(task.net, final, x_syn, task.layout)  # [K*m, D]
     d = f_real.shape[1]
-    return mmd2(f_real.view(k, cfg.mmd_real, d), f_syn.view(k, cfg.mmd_samples, d), cfg.bandwidths).sum()
+    return mmd2(f_real.view(k, cfg.mmd_real, d), f_syn.view(k, cfg.mmd_samples, d), cfg.bandwidths).sum() * scale
+
+
+def _mmd_classes(task: _Task, g: torch.Generator) -> tuple[torch.Tensor, float]:
+    """The classes of one iteration's MMD [k] and the factor that scales their sum to all K."""
+    k_all, k = task.num_classes, task.cfg.mmd_classes
+    if not k or k >= k_all:
+        return torch.arange(k_all), 1.0
+    return torch.randperm(k_all, generator=g)[:k].sort().values, k_all / k
 
 
 def _iteration(task: _Task, state: _State) -> dict[str, float]:
