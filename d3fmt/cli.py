@@ -175,6 +175,10 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--latents", "latents_per_class", type=int, help="Latent priors per class [fitter's choice].")
 @click.option("--decoder-width", type=int, help="Decoder base width [fitter's choice: the widest that fits].")
 @click.option("--encoding", type=click.Choice(["float32", "float16", "int8"]), help="Decoder weight encoding [fitter's choice].")
+@click.option("--max-decode-mflop", type=float,
+              help="Decode cost cap: MFLOP per decoded image the fitter's decoder may take [20 kFLOP per "
+                   "pixel: 15.7 at 28x28, 81.9 at 64x64, so a CPU DataLoader decodes faster than a small model "
+                   "trains; benchmarks/loader.md]; 0 = no cap. Ignored with --decoder-width.")
 @click.option("--teacher-width", type=TEACHER_WIDTH, default=str(D["teacher_width"]), show_default=True,
               help="Width of a labelling teacher stored in the file: a ConvNet trained on SRC's training images "
                    "that labels every decoded sample on the fly (softmax of its logits); its bytes count against "
