@@ -1,26 +1,34 @@
-"""Loader benchmark: images/s and peak memory of D3Dataset vs a PNG folder vs memory.
+"""Loader benchmark: training images/s, images/s and peak memory of D3Dataset vs a PNG folder vs memory.
 
-    python tools/bench_loader.py            # full run (~5 min on 2 cores), writes
+    python tools/bench_loader.py            # full run (~30 min on 2 shared cores), writes
                                             # benchmarks/loader.json + benchmarks/loader.md
-    python tools/bench_loader.py --quick    # smaller counts, same tables
+    python tools/bench_loader.py --quick    # smaller counts and fewer steps, same tables
+    python tools/bench_loader.py --pack-dir DIR   # keep (and reuse) the packed .d3 files
 
-For each image size (28x28 grey, 64x64 RGB) and each DataLoader setting (batch 256,
-num_workers 0 and 2) it measures one pass over the same number of images from:
+For each image size (28x28 grey, 64x64 RGB) it packs real .d3 files with `d3 pack`
+(distillation skipped: the decoder, latents and encoding are the budget fitter's choice at
+each budget, which is all decode speed depends on) and compares, with DataLoader batch 256
+and num_workers 0 and 2:
 
-  d3@B       D3Dataset (fp32, the default) over a .d3 file fitted to B images per class
-  d3-bf16@B  the same, decoders in bfloat16 (when the CPU has native bf16 support)
-  png      the same number of real images as a PNG ImageFolder, read with Pillow
-  memory   the same images as an in-memory uint8 tensor (the ceiling)
-  stream   D3Stream on CUDA, when a GPU is present (device name recorded)
+  training  the main process trains convnet-32 and resnet18-w16 for a fixed number of SGD
+            steps from each loader: images/s of the whole loop (loading + training)
+  loading   one pass over each loader alone: images/s and peak RSS
+  decoding  the decoder alone on one core, on the loader's path and its alternatives
+            (NCHW, one call per batch, bf16, the resize-conv "medium" family)
 
-Each .d3 file holds a randomly initialised decoder of the size the distiller's budget
-fitter picks for 10 classes at a budget of 1 or 10 images per class (decode speed does
-not depend on trained values, only on the decoder's size). The real images are Fashion-MNIST (upscaled to 64x64 and tinted per
-class for the RGB size), or scikit-learn digits when Fashion-MNIST is not installed.
+The loaders:
 
-Every measurement runs in a fresh subprocess, so its peak RSS (main process and worker
-processes, reported separately) is its own. Images/s excludes the first batch (worker
-start-up and warm-up) and counts the rest of the pass.
+  d3@B       D3Dataset (fp32, the default) over the file packed at B images per class
+  d3@B-capX  the same, packed with --max-decode-mflop X (0: no decode cap)
+  d3-bf16@B  the last file with decoders in bfloat16 (when the CPU has native bf16 support)
+  png        the same number of real images as a PNG ImageFolder, read with Pillow
+  memory     the same images as an in-memory uint8 tensor (the ceiling)
+  stream     D3Stream on CUDA, when a GPU is present (device name recorded)
+
+The real images are Fashion-MNIST (upscaled to 64x64 and tinted per class for the RGB
+size), or scikit-learn digits when Fashion-MNIST is not installed. Every measurement runs
+in a fresh subprocess, so its peak RSS (main process and worker processes, reported
+separately) is its own.
 """
 
 from __future__ import annotations
@@ -139,7 +147,7 @@ class PackSpec:
         return f"d3@{self.ipc:g}" + ("" if self.max_decode_mflop is None else f"-cap{self.max_decode_mflop:g}")
 
 
-PACKS = {28: [PackSpec(1), PackSpec(10), PackSpec(50), PackSpec(50, 0)],
+PACKS = {28: [PackSpec(1), PackSpec(10), PackSpec(50), PackSpec(50, 8), PackSpec(50, 0)],
          64: [PackSpec(1), PackSpec(10), PackSpec(10, 0)]}  # fmt: skip
 # A real `d3 pack` with the distillation skipped and a 5-step autoencoder stage: the file is
 # exactly what the fitter buys at this budget (decode speed does not depend on trained values).
@@ -323,6 +331,50 @@ def train_model(job: Job) -> dict:
     return {"images": done * job.batch, "images_per_s": round(done * job.batch / elapsed, 1), **_peaks(job)}
 
 
+DECODE_VARIANTS = ("default", "nchw", "chunk256", "bf16", "medium")
+
+
+def decode_paths(path: str, batch: int) -> dict:
+    """Decoder-only images/s on one core for the file's decoder (random weights of its config):
+    the loader's path (fp32, channels-last, chunks of CPU_CHUNK), plain NCHW, one call per batch,
+    bf16, and the "medium" family (resize-conv final stage) of the same width and z_dim."""
+    import torch
+
+    from d3fmt.format import D3Reader
+    from d3fmt.models.decoder import DecoderConfig, build_decoder, decode_mflop
+    from d3fmt.representation import CPU_CHUNK
+
+    torch.set_num_threads(1)
+    with D3Reader(path) as reader:
+        cfg = DecoderConfig.from_json(reader.header["subtasks"][0]["decoder"])
+    medium = DecoderConfig(**{**cfg.to_json(), "family": "medium", "start_size": 0})
+    out = {"medium_mflop": round(decode_mflop(medium), 2)}
+    for variant in DECODE_VARIANTS:
+        dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+        decoder = build_decoder((medium if variant == "medium" else cfg).to_json()).to(dtype).requires_grad_(False)
+        if variant != "nchw":
+            decoder.optimize_for_inference()
+        chunk = batch if variant == "chunk256" else CPU_CHUNK
+        out[variant] = round(_decode_rate(decoder, torch.randn(batch, cfg.z_dim, dtype=dtype), chunk), 1)
+    return out
+
+
+def _decode_rate(decoder, z, chunk: int, seconds: float = 0.5, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings of ``seconds`` each (the least disturbed by other jobs)."""
+    import torch
+
+    best = 0.0
+    with torch.inference_mode():
+        torch.cat([decoder(part) for part in z.split(chunk)])  # warm-up
+        for _ in range(repeats):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                torch.cat([decoder(part) for part in z.split(chunk)])
+                n += z.shape[0]
+            best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
 def build_model(name: str, shape: tuple[int, int, int]):
     """convnet-W: the evaluation ConvNet of width W; resnet18-wW: ResNet-18, first-stage width W."""
     from d3fmt.models.convnet import ConvNet, ConvNetConfig
@@ -345,6 +397,14 @@ def _peak_rss_kib() -> int:
     inherit the RSS of the benchmark driver that forked this measurement."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def run_decode(path: str, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--batch", str(batch), "--measure-decode", path]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_one(job: Job) -> dict:
@@ -440,6 +500,8 @@ def size_markdown(size: dict) -> list[str]:
     mflop = {f["name"]: f["mflop_per_image"] for f in s["d3"]}
     if size.get("training"):
         lines += training_table(size["training"], mflop)
+    if size.get("decode"):
+        lines += decode_table(size["decode"], mflop)
     lines += ["| loader | workers | images/s | vs png | decoder GFLOP/s | peak RSS main (MiB) | peak RSS per worker (MiB) |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     png = {r["workers"]: r.get("images_per_s") for r in size["results"] if r["kind"] == "png"}
@@ -454,6 +516,21 @@ def size_markdown(size: dict) -> list[str]:
             f"| {name} | {r['workers']} | {r['images_per_s']:,.0f} | {'' if ratio is None else f'{ratio:.2f}x'} | "
             f"{'' if gflops is None else f'{gflops:.1f}'} | {r['peak_rss_main_mib']:.0f} | {r['peak_rss_worker_mib']:.0f} |"
         )
+    return lines + [""]
+
+
+def decode_table(rows: list[dict], mflop: dict) -> list[str]:
+    lines = ["Decoder alone, one core, images/s (best of 3 half-second timings; the loader's path is *default*: "
+             "fp32, channels-last, chunks of 32; *nchw*: without `optimize_for_inference`; *chunk256*: one call per "
+             "batch; *bf16*: `dtype=torch.bfloat16`; *medium*: the resize-conv family, same width and z_dim):", "",
+             "| file | MFLOP | " + " | ".join(DECODE_VARIANTS) + " | medium MFLOP |",
+             "|---|---:|" + "---:|" * (len(DECODE_VARIANTS) + 1)]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:80]} |")
+            continue
+        cells = " | ".join(f"{r[v]:,.0f}" for v in DECODE_VARIANTS)
+        lines.append(f"| {r['name']} | {mflop[r['name']]:.1f} | {cells} | {r['medium_mflop']:.1f} |")
     return lines + [""]
 
 
@@ -526,7 +603,11 @@ def main() -> None:
                    help="models of the training rows (none: loading rows only)")
     p.add_argument("--pack-dir", help="keep the packed .d3 files here and reuse them [a temporary directory]")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # one Job as JSON, run in this process
+    p.add_argument("--measure-decode", help=argparse.SUPPRESS)  # a .d3 path: decode_paths in this process
     args = p.parse_args()
+    if args.measure_decode:
+        print(json.dumps(decode_paths(args.measure_decode, args.batch)))
+        return
     if args.measure:
         job = Job(**json.loads(args.measure))
         print(json.dumps(measure(job) if job.model is None else train_model(job)))
@@ -568,13 +649,14 @@ def run_all(args) -> dict:
                     job = Job("stream", f.path, 0, args.batch, 0, items=setup.count)
                     results.append({"kind": f"stream@{f.ipc:g}", "workers": 0, "device": torch.cuda.get_device_name(0),
                                     **run_one(job)})  # fmt: skip
+            decode = [{"name": f.name, **run_decode(f.path, args.batch)} for f in setup.d3]
             training = train_rows(setup, args)
             info = asdict(setup)
             for key in ("png_dir", "npy_path"):
                 info.pop(key)
             for f in info["d3"]:
                 f.pop("path")
-            record["sizes"].append({"setup": info, "results": results, "training": training})
+            record["sizes"].append({"setup": info, "results": results, "training": training, "decode": decode})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record["environment"]["load_average_at_end"] = list(os.getloadavg())
