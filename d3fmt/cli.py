@@ -223,7 +223,8 @@ def pack_cmd(src, output, **settings):
     learns latent Gaussian priors per class and a decoder by trajectory matching against
     the experts plus MMD on expert features (Distributional Dataset Distillation). The
     budget fitter picks latents per class, latent size, decoder width and tensor encoding
-    before training so that the whole file uses 80-100% of the cap. The stored file is then
+    before training so that the whole file uses 80-100% of the cap (less when the decode cost
+    cap, --max-decode-mflop, stops the decoder's width first). The stored file is then
     evaluated on the held-out real split and the accuracy is recorded in it.
 
     \b
@@ -249,7 +250,7 @@ def pack_cmd(src, output, **settings):
                f"of the {result.max_bytes}-byte budget")
     p = result.plan
     click.echo(f"  decoder {p.family} width {p.width} ({p.weight_encoding}), z_dim {p.z_dim}, "
-               f"{p.latents_per_class} latent(s) per class")
+               f"{p.latents_per_class} latent(s) per class, {p.decode_mflop:g} MFLOP per decoded image")
     if result.evaluation is not None:
         ev = result.evaluation
         click.echo(f"  accuracy {ev.mean:.2%} +- {ev.std:.2%} ({ev.model}, {len(ev.accuracies)} run(s), "

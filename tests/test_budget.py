@@ -1,4 +1,5 @@
-"""The budget fitter: every written file stays within 80-100% of its byte cap."""
+"""The budget fitter: every written file stays within its byte cap and uses 80-100% of it unless
+the decode cost cap stops the decoder first; the cap itself."""
 
 from __future__ import annotations
 

@@ -290,11 +290,13 @@ def measure(job: Job) -> dict:
         loader = DataLoader(make_dataset(job), batch_size=job.batch, num_workers=job.workers, shuffle=True)
         sync = lambda: None  # noqa: E731
     n, start, t0 = 0, None, time.perf_counter()
-    for images, _ in loader:
+    for b, (images, _) in enumerate(loader):
         sync()
         if start is None:
             start, first = time.perf_counter(), images.shape[0]
         n += images.shape[0]
+        if b + 1 == PASS_BATCHES:
+            break
     elapsed = time.perf_counter() - start
     return {"images": n, "images_per_s": round((n - first) / elapsed, 1), "first_batch_s": round(start - t0, 3),
             **_peaks(job), "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if job.kind == "stream" else None}  # fmt: skip
@@ -314,6 +316,9 @@ def train_model(job: Job) -> dict:
     loader = DataLoader(ds, batch_size=job.batch, num_workers=job.workers, shuffle=True, drop_last=True)
     x0, _ = ds[0]
     model = build_model(job.model, tuple(x0.shape))
+    steps = min(job.steps, TRAIN_STEPS[x0.shape[-1]][job.model])  # at most the table's steps
+    if job.workers not in TRAIN_WORKERS[x0.shape[-1]]:
+        raise SystemExit(f"skipped: {job.workers} workers are not measured at this size (TRAIN_WORKERS)")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     done, start = 0, None
     for images, labels in loader:
@@ -323,12 +328,12 @@ def train_model(job: Job) -> dict:
         opt.step()
         if start is None:  # the warm-up step (worker start, first batch) is not timed
             start = time.perf_counter()
-        elif (done := done + 1) == job.steps:
+        elif (done := done + 1) == steps:
             break
     elapsed = time.perf_counter() - start
-    if done < job.steps:
+    if done < steps:
         raise SystemExit(f"the loader ran out after {done} timed steps; give it more items")
-    return {"images": done * job.batch, "images_per_s": round(done * job.batch / elapsed, 1), **_peaks(job)}
+    return {"images": done * job.batch, "steps": steps, "images_per_s": round(done * job.batch / elapsed, 1), **_peaks(job)}
 
 
 DECODE_VARIANTS = ("default", "nchw", "chunk256", "bf16", "medium")
@@ -471,9 +476,11 @@ def markdown(record: dict) -> str:
         "first untimed one (worker start-up), loading and training together, as a training loop feels it. "
         "`convnet-32` is the evaluation ConvNet at the CPU width of `d3 pack --preset fast`, `resnet18-w16` "
         "ResNet-18 with first-stage width 16. The rows of one model and worker count run back to back, "
-        "bracketed by two png rows; *vs png* divides by their mean.",
+        "bracketed by two png rows, the whole sequence repeated `--repeats` times; the table shows medians, "
+        "and *vs png* divides by the median png row. On a machine shared with other jobs single rows swing by "
+        "2x; the ratios of the medians are the result.",
         "",
-        "**Loading** rows: one pass over the loader alone, excluding the first batch. Peak RSS is per process: "
+        "**Loading** rows: reading from the loader alone (a full pass, or its first batches: `images` in the JSON), excluding the first batch. Peak RSS is per process: "
         "the main process, and the largest worker (a forked worker's RSS includes pages it shares with the main "
         "process). *Decoder GFLOP/s* is images/s times the decoder's nominal MFLOP per image "
         "(`d3fmt.models.decoder.decode_mflop`).",
@@ -535,25 +542,43 @@ def decode_table(rows: list[dict], mflop: dict) -> list[str]:
 
 
 def training_table(rows: list[dict], mflop: dict) -> list[str]:
-    lines = ["Training:", "", "| model | workers | loader | decode MFLOP/image | steps | train images/s | vs png |",
-             "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["Training (median of the repeats; *vs png*: divided by the median png row of the same model and workers):",
+             "", "| model | workers | loader | decode MFLOP/image | steps | runs | train images/s | vs png | each run |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for model in dict.fromkeys(r["model"] for r in rows):
         for workers in dict.fromkeys(r["workers"] for r in rows if r["model"] == model):
-            group = [r for r in rows if r["model"] == model and r["workers"] == workers]
-            pngs = [r["images_per_s"] for r in group if r["kind"] == "png" and "error" not in r]
-            png = sum(pngs) / len(pngs) if pngs else None
+            group = [r for r in rows if r["model"] == model and r["workers"] == workers
+                     and not r.get("error", "").startswith("skipped")]
+            rates = {}
             for r in group:
-                if "error" in r:
-                    lines.append(f"| {model} | {workers} | {r['kind']} | | | failed: {r['error'][:80]} | |")
+                rates.setdefault(r["kind"], []).append(r.get("images_per_s"))
+            png = _median([v for v in rates.get("png", []) if v is not None])
+            for kind, values in rates.items():
+                ok = [v for v in values if v is not None]
+                if not ok:
+                    error = next(r["error"] for r in group if r["kind"] == kind and "error" in r)
+                    lines.append(f"| {model} | {workers} | {kind} | | | | failed: {error[:80]} | | |")
                     continue
-                ratio = f"{r['images_per_s'] / png:.2f}x" if png else ""
-                cost = f"{mflop[r['kind']]:.1f}" if r["kind"] in mflop else ""
-                lines.append(f"| {model} | {workers} | {r['kind']} | {cost} | {r['steps']} | {r['images_per_s']:,.0f} | {ratio} |")
+                rate = _median(ok)
+                ratio = f"{rate / png:.2f}x" if png else ""
+                cost = f"{mflop[kind]:.1f}" if kind in mflop else ""
+                runs = ", ".join(f"{v:,.0f}" for v in ok)
+                steps = next(r["steps"] for r in group if r["kind"] == kind)
+                lines.append(f"| {model} | {workers} | {kind} | {cost} | {steps} | {len(ok)} | {rate:,.0f} | {ratio} | {runs} |")
     return lines + [""]
 
 
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
 TRAIN_MODELS = ("convnet-32", "resnet18-w16")  # the CPU width of `d3 pack --preset fast`'s ConvNet; a narrow ResNet-18
-TRAIN_STEPS = {28: {"convnet-32": 30, "resnet18-w16": 10}, 64: {"convnet-32": 6, "resnet18-w16": 3}}
+TRAIN_STEPS = {28: {"convnet-32": 30, "resnet18-w16": 10}, 64: {"convnet-32": 3, "resnet18-w16": 1}}
+TRAIN_WORKERS = {28: (0, 2), 64: (2,)}  # 64x64 trains slowly on 2 cores: only the targets' setting
+PASS_BATCHES = 8  # a loading row reads at most this many batches
 
 
 def pass_rows(setup: SizeSetup, args, bf16: bool) -> list[dict]:
@@ -571,16 +596,19 @@ def pass_rows(setup: SizeSetup, args, bf16: bool) -> list[dict]:
 
 def train_rows(setup: SizeSetup, args) -> list[dict]:
     """Training throughput from each loader, side by side: png, every d3 file, memory, png again
-    (the two png rows bracket the others, so drift in the machine's load shows)."""
+    (the two png rows bracket the others, so drift in the machine's load shows); with
+    ``--repeats R`` the whole sequence runs R times (the table shows medians)."""
     runs = [("png", "png", setup.png_dir)] + [(f.name, "d3", f.path) for f in setup.d3]
     runs += [("memory", "memory", setup.npy_path), ("png", "png", setup.png_dir)]
     results = []
     for model in args.train_models:
         steps = max(1, TRAIN_STEPS[setup.side][model] // (2 if args.quick else 1))
-        for workers in args.workers:
-            for name, kind, path in runs:
-                job = Job(kind, path, workers, args.batch, args.threads, items=setup.count, model=model, steps=steps)
-                results.append(_log({"kind": name, "workers": workers, "model": model, "steps": steps, **run_one(job)}))
+        for workers in [w for w in args.workers if w in TRAIN_WORKERS[setup.side]]:
+            for repeat in range(args.repeats):
+                for name, kind, path in runs:
+                    job = Job(kind, path, workers, args.batch, args.threads, items=setup.count, model=model, steps=steps)
+                    row = {"kind": name, "workers": workers, "model": model, "steps": steps, "repeat": repeat}
+                    results.append(_log({**row, **run_one(job)}))
     return results
 
 
@@ -602,6 +630,9 @@ def main() -> None:
     p.add_argument("--train-models", nargs="*", default=list(TRAIN_MODELS), choices=TRAIN_MODELS,
                    help="models of the training rows (none: loading rows only)")
     p.add_argument("--pack-dir", help="keep the packed .d3 files here and reuse them [a temporary directory]")
+    p.add_argument("--repeats", type=int, default=1, help="times each training sequence runs (medians reported)")
+    p.add_argument("--training-only", action="store_true", help="only the training rows (no loading/decoding rows)")
+    p.add_argument("--name", default="loader", help="output basename: benchmarks/NAME.json + NAME.md")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # one Job as JSON, run in this process
     p.add_argument("--measure-decode", help=argparse.SUPPRESS)  # a .d3 path: decode_paths in this process
     args = p.parse_args()
@@ -614,9 +645,9 @@ def main() -> None:
         return
     record = run_all(args)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "loader.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(record, f, indent=1)
-    with open(os.path.join(args.out, "loader.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write(markdown(record) + "\n")
     print(markdown(record))
 
@@ -643,13 +674,13 @@ def run_all(args) -> dict:
                 continue
             print(f"setting up {side}x{side}x{channels} ...", file=sys.stderr)
             setup = setup_size(work, pack_dir, side, channels, counts[side])
-            results = pass_rows(setup, args, record["environment"]["cpu_bf16"])
-            if torch.cuda.is_available():
+            results = [] if args.training_only else pass_rows(setup, args, record["environment"]["cpu_bf16"])
+            if torch.cuda.is_available() and not args.training_only:
                 for f in setup.d3:
                     job = Job("stream", f.path, 0, args.batch, 0, items=setup.count)
                     results.append({"kind": f"stream@{f.ipc:g}", "workers": 0, "device": torch.cuda.get_device_name(0),
                                     **run_one(job)})  # fmt: skip
-            decode = [{"name": f.name, **run_decode(f.path, args.batch)} for f in setup.d3]
+            decode = [] if args.training_only else [{"name": f.name, **run_decode(f.path, args.batch)} for f in setup.d3]
             training = train_rows(setup, args)
             info = asdict(setup)
             for key in ("png_dir", "npy_path"):
