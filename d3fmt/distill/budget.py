@@ -18,7 +18,7 @@ file (priors, decoders, soft labels, header). The fitter picks, before any train
   ``max_decode_mflop`` per image (default :func:`default_decode_mflop`: ``DECODE_KFLOP_PER_PIXEL``
   kFLOP per output pixel, 15.7 MFLOP at 28x28, 81.9 at 64x64), so that a CPU DataLoader
   decodes faster than a small model trains: without the cap, Fashion-MNIST at budget 50
-  bought a 42 MFLOP decoder that one core decodes at about 1,100 images/s, slower than a
+  bought a 42 MFLOP decoder that one core decodes at 1,100-1,600 images/s, no faster than a
   width-32 ConvNet trains (``benchmarks/loader.md``). Bytes the capped decoder leaves go
   to more latents per class and a more precise weight encoding;
 - tensor encodings: priors and norm/bias vectors in float16, soft labels int8 per row,
@@ -212,10 +212,12 @@ def _widest(req: BudgetRequest, family: str, z: int, lpc: int, enc: str, target:
 def default_decode_mflop(image_shape: tuple[int, int, int]) -> float:
     """The default decode cap: ``DECODE_KFLOP_PER_PIXEL`` kFLOP per output pixel (H * W).
 
-    Chosen from ``benchmarks/loader.md`` (training rows): with it the DataLoader stream of
-    every Fashion-MNIST budget and of 64x64 RGB files trains a width-32 ConvNet and a
-    ResNet-18-w16 about as fast as a PNG folder on a 2-core CPU. Training cost grows with
-    the pixel count too, hence the scaling.
+    Chosen from ``benchmarks/loader.md`` (decoder alone, one core): at 28x28 a 15.6 MFLOP
+    decoder decodes about 2,300-3,600 images/s, two to three times what a width-32 ConvNet
+    trains on a core (about 1,150), so one DataLoader worker core keeps ahead of training;
+    the uncapped 42 MFLOP decoder of budget 50 (1,100-1,600 images/s) did not. Training
+    cost grows with the pixel count too (ConvNet-32 trains about 120 images/s per core at
+    64x64x3), hence the scaling.
     """
     _, h, w = image_shape
     return round(DECODE_KFLOP_PER_PIXEL * h * w / 1000, 3)
