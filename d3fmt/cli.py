@@ -175,6 +175,10 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--latents", "latents_per_class", type=int, help="Latent priors per class [fitter's choice].")
 @click.option("--decoder-width", type=int, help="Decoder base width [fitter's choice: the widest that fits].")
 @click.option("--encoding", type=click.Choice(["float32", "float16", "int8"]), help="Decoder weight encoding [fitter's choice].")
+@click.option("--max-decode-mflop", type=float,
+              help="Decode cost cap: MFLOP per decoded image the fitter's decoder may take [20 kFLOP per "
+                   "pixel: 15.7 at 28x28, 81.9 at 64x64, so a CPU DataLoader decodes faster than a small model "
+                   "trains; benchmarks/loader.md]; 0 = no cap. Ignored with --decoder-width.")
 @click.option("--teacher-width", type=TEACHER_WIDTH, default=str(D["teacher_width"]), show_default=True,
               help="Width of a labelling teacher stored in the file: a ConvNet trained on SRC's training images "
                    "that labels every decoded sample on the fly (softmax of its logits); its bytes count against "
@@ -219,7 +223,8 @@ def pack_cmd(src, output, **settings):
     learns latent Gaussian priors per class and a decoder by trajectory matching against
     the experts plus MMD on expert features (Distributional Dataset Distillation). The
     budget fitter picks latents per class, latent size, decoder width and tensor encoding
-    before training so that the whole file uses 80-100% of the cap. The stored file is then
+    before training so that the whole file uses 80-100% of the cap (less when the decode cost
+    cap, --max-decode-mflop, stops the decoder's width first). The stored file is then
     evaluated on the held-out real split and the accuracy is recorded in it.
 
     \b
@@ -245,7 +250,7 @@ def pack_cmd(src, output, **settings):
                f"of the {result.max_bytes}-byte budget")
     p = result.plan
     click.echo(f"  decoder {p.family} width {p.width} ({p.weight_encoding}), z_dim {p.z_dim}, "
-               f"{p.latents_per_class} latent(s) per class")
+               f"{p.latents_per_class} latent(s) per class, {p.decode_mflop:g} MFLOP per decoded image")
     if result.evaluation is not None:
         ev = result.evaluation
         click.echo(f"  accuracy {ev.mean:.2%} +- {ev.std:.2%} ({ev.model}, {len(ev.accuracies)} run(s), "

@@ -21,7 +21,11 @@ Sampling contract (the same for both, and for ``d3 sample`` / ``d3 export``):
 
 So sample i of epoch e with seed s is one fixed tensor: read alone, in any batch, in any
 order, with any number of DataLoader workers or ranks, in any process (up to float
-round-off of batched convolutions, ~1e-6). The noise index depends on the class, not on
+round-off of batched convolutions, ~1e-6). Tolerances of the compute paths, in [0, 1]
+pixel units: fp32 (the default) 1e-6 between any two reads; ``dtype=torch.bfloat16``
+within 0.03 of the fp32 sample (tests/test_dataset.py), so bf16 is a different stream,
+never the default. No int8 path: torch's CPU quantisation covers linear layers, not the
+transposed convolutions that are the decoder's cost. The noise index depends on the class, not on
 its position in ``sel``, so a class's samples do not change when other classes are
 selected. ``set_epoch(e)`` gives fresh noise each epoch (call it before creating the
 epoch's iterator; with ``persistent_workers=True`` workers keep the epoch they started with).
@@ -161,9 +165,13 @@ class D3Dataset(Dataset):
     """Map-style dataset over a .d3 file: item i -> (image [C, H, W] float, label).
 
     ``d3fmt.D3Dataset("x.d3")`` works with any DataLoader (workers, DistributedSampler,
-    shuffling). ``dtype=torch.bfloat16`` runs the decoders in bf16 (about 1.5x faster on
-    CPUs with native bf16; samples then differ from fp32 ones by ~1e-2), images stay float32. ``__getitems__`` lets each worker decode a whole batch in one decoder call;
-    the default collate stacks the result. The file is opened and fully validated at
+    shuffling). ``__getitems__`` lets each worker decode a whole batch in one decoder call
+    (in chunks of ``CPU_CHUNK`` samples, channels-last, with the worker's single torch
+    thread); the default collate stacks the result. With ``num_workers=0`` the decoding
+    runs in the training process, on its threads. ``dtype=torch.bfloat16`` runs the
+    decoders in bf16 (images stay float32; see the module docstring for the tolerance):
+    on a CPU with AMX it pays only for decoders of tens of MFLOP per image and is slower
+    for small ones (benchmarks/loader.md, "decoder alone"). The file is opened and fully validated at
     construction (a bad file raises a D3Error here), then re-opened lazily in each worker
     process: the dataset pickles as its path and options only.
     """

@@ -1,4 +1,5 @@
-"""The budget fitter: every written file stays within 80-100% of its byte cap."""
+"""The budget fitter: every written file stays within its byte cap and uses 80-100% of it unless
+the decode cost cap stops the decoder first; the cap itself."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import re
 import pytest
 
 from d3fmt.distill.assemble import dummy_results, make_header, measure_plan, tensors_of
-from d3fmt.distill.budget import BudgetRequest, fit_budget, gaussian_ratios, section_bytes
+from d3fmt.distill.budget import (
+    MAX_LATENTS,
+    BudgetRequest,
+    default_decode_mflop,
+    fit_budget,
+    gaussian_ratios,
+    section_bytes,
+)
 from d3fmt.distill.job import partition_classes
 from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.format import D3Container, D3Reader, write_d3
+from d3fmt.models.decoder import DecoderConfig, decode_mflop
 from d3fmt.sources.base import SourceInfo
 
 CASES = [  # (classes, (C, H, W), budget images per class, subtasks)
@@ -49,12 +58,51 @@ def _fit_and_write(tmp_path, k, shape, ipc, subtasks, **overrides):
 
 @pytest.mark.parametrize("k,shape,ipc,subtasks", CASES)
 def test_written_file_uses_80_to_100_percent(tmp_path, k, shape, ipc, subtasks):
-    plan, size, max_bytes = _fit_and_write(tmp_path, k, shape, ipc, subtasks)
+    plan, size, max_bytes = _fit_and_write(tmp_path, k, shape, ipc, subtasks, max_decode_mflop=0)  # 0: no decode cap
     assert 0.80 * max_bytes <= size <= max_bytes, (plan.choices(), size / max_bytes)
     with D3Reader(tmp_path / "x.d3") as r:
         assert r.header["budget"]["bytes_used"] == size == r.file_bytes
         assert r.header["budget"]["choices"]["width"] == plan.width
+        assert r.header["budget"]["choices"]["max_decode_mflop"] is None
         assert len(r.header["subtasks"]) == subtasks
+
+
+@pytest.mark.parametrize("k,shape,ipc,subtasks", CASES)
+def test_default_decode_cap_holds_and_only_a_capped_decoder_leaves_bytes(tmp_path, k, shape, ipc, subtasks):
+    plan, size, max_bytes = _fit_and_write(tmp_path, k, shape, ipc, subtasks)
+    cap = default_decode_mflop(shape)
+    assert plan.decode_mflop <= cap and size <= max_bytes
+    wider = DecoderConfig(family=plan.family, z_dim=plan.z_dim, channels=shape[0], image_size=shape[1], width=plan.width + 1)
+    if size < 0.80 * max_bytes:  # only when one more channel would break the cap and latents are at their maximum
+        assert decode_mflop(wider) > cap and plan.latents_per_class == MAX_LATENTS, plan.choices()
+    with D3Reader(tmp_path / "x.d3") as r:
+        choices = r.header["budget"]["choices"]
+        assert choices["max_decode_mflop"] == cap and choices["decode_mflop"] == plan.decode_mflop
+
+
+def test_decode_cap_picks_a_cheaper_decoder_and_spends_bytes_on_precision():
+    """Fashion-MNIST at budget 50: uncapped, the fitter buys a 38-42 MFLOP decoder (float16);
+    capped at 10 MFLOP, a narrower one under the cap, with float32 weights (the bytes are there)."""
+    def fit(cap):
+        return fit_budget(BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=50 * 31360,
+                                        subtask_classes=[10], ipc=50, max_decode_mflop=cap, ratios=gaussian_ratios()))
+    free, capped = fit(0), fit(10.0)
+    assert free.decode_mflop > 30 and free.max_decode_mflop is None and free.weight_encoding == "float16"
+    assert 9 < capped.decode_mflop <= 10 and capped.width < free.width and capped.weight_encoding == "float32"
+    assert capped.decode_mflop == pytest.approx(decode_mflop(capped.decoders[0]), abs=1e-3)
+    assert fit(None).max_decode_mflop == default_decode_mflop((1, 28, 28)) == pytest.approx(15.68)
+
+
+def test_explicit_width_wins_over_the_decode_cap():
+    req = BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=50 * 31360, subtask_classes=[10], ipc=50,
+                        width=150, max_decode_mflop=1.0)
+    assert fit_budget(req).width == 150
+
+
+def test_negative_decode_cap_is_a_config_error():
+    req = BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=31360, subtask_classes=[10], max_decode_mflop=-1)
+    with pytest.raises(ConfigError, match="decode cap"):
+        fit_budget(req)
 
 
 def test_too_small_budget_names_the_smallest_that_fits(tmp_path):

@@ -10,6 +10,7 @@ from d3fmt.models.decoder import (
     Decoder,
     DecoderConfig,
     build_decoder,
+    decode_mflop,
     decoder_param_count,
     decoder_param_shapes,
     default_start_size,
@@ -174,3 +175,19 @@ def test_inference_optimisation_gives_the_same_images(family, norm):
         torch.testing.assert_close(out, dec(z), atol=1e-5, rtol=0)
     assert out.is_contiguous()
     assert list(fast.state_dict()) == list(dec.state_dict())
+
+
+@pytest.mark.parametrize("family,z_dim", [("small", 32), ("medium", 32), ("large", 196)])
+@pytest.mark.parametrize("channels,side", [(1, 28), (3, 32)])
+def test_decode_mflop_is_what_torch_counts(family, z_dim, channels, side):
+    """decode_mflop (the fitter's decode cost) equals torch's FLOP counter on one decode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if family == "large" and side == 32:
+        z_dim = 4 * 4 * 4  # large: z_dim is a multiple of start_size ** 2
+    cfg = DecoderConfig(family=family, z_dim=z_dim, channels=channels, image_size=side, width=40)
+    with FlopCounterMode(display=False) as counter:
+        build_decoder(cfg.to_json())(torch.zeros(1, z_dim))
+    assert decode_mflop(cfg) == pytest.approx(counter.get_total_flops() / 1e6, rel=1e-9)
+    assert decode_mflop(cfg) < decode_mflop(DecoderConfig(family=family, z_dim=z_dim, channels=channels,
+                                                          image_size=side, width=41))

@@ -14,7 +14,13 @@ file (priors, decoders, soft labels, header). The fitter picks, before any train
   and the many-latent rule is what the 79.7% budget-1 scoreboard row used (see
   ``benchmarks/fmnist-ablation.md``);
 - the decoder family and its width k: the widest "small" decoder that fits what is left
-  ("large" only when no small one fits);
+  ("large" only when no small one fits) and whose decode cost stays under
+  ``max_decode_mflop`` per image (default :func:`default_decode_mflop`: ``DECODE_KFLOP_PER_PIXEL``
+  kFLOP per output pixel, 15.7 MFLOP at 28x28, 81.9 at 64x64), so that a CPU DataLoader
+  decodes faster than a small model trains: without the cap, Fashion-MNIST at budget 50
+  bought a 42 MFLOP decoder that one core decodes at 1,100-1,600 images/s, no faster than a
+  width-32 ConvNet trains (``benchmarks/loader.md``). Bytes the capped decoder leaves go
+  to more latents per class and a more precise weight encoding;
 - tensor encodings: priors and norm/bias vectors in float16, soft labels int8 per row,
   decoder matrices float32 when even then the decoder is at least ``MIN_F32_WIDTH`` wide,
   else float16 when that still leaves a width >= ``MIN_F16_WIDTH``, else int8 with
@@ -41,7 +47,7 @@ from typing import Callable
 import numpy as np
 
 from d3fmt.errors import BudgetError, ConfigError
-from d3fmt.models.decoder import DecoderConfig, decoder_param_shapes
+from d3fmt.models.decoder import DecoderConfig, decode_mflop, decoder_param_shapes
 
 PRIOR_SHARE = 0.45  # at most this share of the budget goes to latent means + log-variances
 MIN_F16_WIDTH = 48  # below this width, int8 decoder weights buy a wider decoder instead
@@ -59,6 +65,7 @@ ALIGN = 8
 HEADER_BASE = 1600  # JSON header without sections: names, budget, provenance (raw bytes)
 HEADER_PER_SECTION = 150  # one section entry in the JSON header (raw bytes)
 ENCODINGS = ("float32", "float16", "int8")
+DECODE_KFLOP_PER_PIXEL = 20.0  # default decode cap: kFLOP per output pixel (H * W), see default_decode_mflop
 
 
 @dataclass
@@ -79,6 +86,14 @@ class BudgetRequest:
     width: int | None = None
     weight_encoding: str | None = None
     ratios: dict[str, float] | None = None  # expected stored/raw bytes per encoding; None = 1.0
+    max_decode_mflop: float | None = None  # decode cost cap per image; None = default_decode_mflop, 0 = none
+
+    @property
+    def decode_cap(self) -> float | None:
+        """The MFLOP-per-image cap in force (None: no cap)."""
+        if self.max_decode_mflop is None:
+            return default_decode_mflop(self.image_shape)
+        return self.max_decode_mflop if self.max_decode_mflop > 0 else None
 
     @property
     def image_bytes_fp32(self) -> int:
@@ -101,6 +116,8 @@ class BudgetPlan:
     estimated_bytes: int = 0  # upper bound of the file size (all sections raw)
     max_bytes: int = 0
     teacher_width: int = 0  # the labelling teacher's ConvNet width (0: no teacher), see fit_teacher
+    decode_mflop: float = 0.0  # nominal MFLOP to decode one image with the chosen decoder
+    max_decode_mflop: float | None = None  # the cap the fitter worked under (None: none)
     decoders: list[dict] = field(default_factory=list)  # one DecoderConfig JSON per subtask
 
     def choices(self) -> dict:
@@ -168,6 +185,8 @@ def _plan(req: BudgetRequest, family: str, z_dim: int, lpc: int, width: int, enc
     dec = _decoder_json(req, family, z_dim, width)
     plan = BudgetPlan(family=family, z_dim=z_dim, latents_per_class=lpc, width=width, weight_encoding=enc)
     plan.decoders = [dict(dec) for _ in req.subtask_classes]
+    plan.decode_mflop = round(decode_mflop(dec), 3)
+    plan.max_decode_mflop = req.decode_cap
     plan.estimated_bytes = estimate_bytes(req, plan)
     plan.max_bytes = req.max_bytes
     return plan
@@ -178,7 +197,7 @@ def _widest(req: BudgetRequest, family: str, z: int, lpc: int, enc: str, target:
     if req.width is not None:
         plan = _plan(req, family, z, lpc, req.width, enc)
         return plan if plan.estimated_bytes <= target else None
-    lo, hi = MIN_WIDTH, MAX_WIDTH
+    lo, hi = MIN_WIDTH, _cheap_enough_width(req, family, z)
     if _plan(req, family, z, lpc, lo, enc).estimated_bytes > target:
         return None
     while lo < hi:  # invariant: width lo fits
@@ -188,6 +207,35 @@ def _widest(req: BudgetRequest, family: str, z: int, lpc: int, enc: str, target:
         else:
             hi = mid - 1
     return _plan(req, family, z, lpc, lo, enc)
+
+
+def default_decode_mflop(image_shape: tuple[int, int, int]) -> float:
+    """The default decode cap: ``DECODE_KFLOP_PER_PIXEL`` kFLOP per output pixel (H * W).
+
+    Chosen from ``benchmarks/loader.md`` (decoder alone, one core): at 28x28 a 15.6 MFLOP
+    decoder decodes about 2,300-3,600 images/s, two to three times what a width-32 ConvNet
+    trains on a core (about 1,150), so one DataLoader worker core keeps ahead of training;
+    the uncapped 42 MFLOP decoder of budget 50 (1,100-1,600 images/s) did not. Training
+    cost grows with the pixel count too (ConvNet-32 trains about 120 images/s per core at
+    64x64x3), hence the scaling.
+    """
+    _, h, w = image_shape
+    return round(DECODE_KFLOP_PER_PIXEL * h * w / 1000, 3)
+
+
+def _cheap_enough_width(req: BudgetRequest, family: str, z: int) -> int:
+    """The widest decoder of this family/z under the decode cap (MIN_WIDTH if none is)."""
+    cap = req.decode_cap
+    lo, hi = MIN_WIDTH, MAX_WIDTH
+    if cap is None or decode_mflop(_decoder_json(req, family, z, hi)) <= cap:
+        return hi
+    while lo < hi:  # invariant: lo is under the cap, or lo == MIN_WIDTH
+        mid = (lo + hi + 1) // 2
+        if decode_mflop(_decoder_json(req, family, z, mid)) <= cap:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _z_options(req: BudgetRequest, family: str) -> list[int]:
@@ -249,7 +297,8 @@ def _search(req: BudgetRequest, target: int) -> BudgetPlan | None:
             if plan is None:
                 continue
             best = plan
-            if plan.width >= MIN_ACCEPTED_WIDTH[enc] or req.weight_encoding is not None:
+            capped = plan.width >= _cheap_enough_width(req, family, z)  # a smaller encoding buys no width
+            if plan.width >= MIN_ACCEPTED_WIDTH[enc] or capped or req.weight_encoding is not None:
                 break  # else a smaller encoding gives a wider decoder: try it next
         if best is not None:
             return best
@@ -314,6 +363,8 @@ def _check_request(req: BudgetRequest) -> None:
         raise ConfigError(f"the byte budget must be positive, got {req.max_bytes}; pass --budget or --max-bytes > 0")
     if req.weight_encoding is not None and req.weight_encoding not in ENCODINGS:
         raise ConfigError(f"unknown encoding {req.weight_encoding!r}; use one of {', '.join(ENCODINGS)}")
+    if req.max_decode_mflop is not None and not req.max_decode_mflop >= 0:
+        raise ConfigError(f"the decode cap must be >= 0 MFLOP per image (0: none), got {req.max_decode_mflop}")
     if req.family is not None and req.family not in ("small", "medium", "large"):
         raise ConfigError(f"unknown decoder family {req.family!r}; use small, medium or large")
 

@@ -121,7 +121,7 @@ def _fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int, teacher: int)
         num_classes=info.num_classes, image_shape=shape, max_bytes=max_bytes,
         subtask_classes=[len(p) for p in parts], soft_labels=cfg.soft_labels, ipc=ipc, reserve=reserve,
         family=cfg.family, z_dim=cfg.z_dim, latents_per_class=cfg.latents_per_class, width=cfg.decoder_width,
-        weight_encoding=cfg.encoding, ratios=gaussian_ratios(),
+        weight_encoding=cfg.encoding, ratios=gaussian_ratios(), max_decode_mflop=cfg.max_decode_mflop,
     )
     ones = [0.5] * info.image_shape[0]
     plan = fit_budget(req, measure=lambda plan: measure_plan(

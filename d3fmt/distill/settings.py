@@ -68,6 +68,7 @@ class PackConfig:
     teacher_width: int = DEFAULTS["teacher_width"]
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     compare: bool = DEFAULTS["compare"]  # the final evaluation also trains the same-bytes codec family
+    max_decode_mflop: float | None = None  # the fitter's decode cap per image; None: its default, 0: none
 
     def __post_init__(self):
         if (self.budget is None) == (self.max_bytes is None):
@@ -84,6 +85,8 @@ class PackConfig:
                               f"got {self.teacher_width}")
         if self.compare and self.evaluation is None:
             raise ConfigError("--compare trains the codec family beside the final evaluation; drop --no-eval")
+        if self.max_decode_mflop is not None and not self.max_decode_mflop >= 0:
+            raise ConfigError(f"--max-decode-mflop must be >= 0 (0: no cap), got {self.max_decode_mflop}")
         if self.label_sample < 1:
             raise ConfigError(f"--label-sample must be >= 1 image per class, got {self.label_sample}")
 
@@ -122,6 +125,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         z_dim=s["z_dim"], latents_per_class=s["latents_per_class"], decoder_width=s["decoder_width"],
         encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
         teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
+        max_decode_mflop=s["max_decode_mflop"],
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,

@@ -171,6 +171,27 @@ class Decoder(nn.Module):
         return x.contiguous() if self.channels_last else x
 
 
+def decode_mflop(config_json: dict | DecoderConfig) -> float:
+    """Nominal MFLOP (2 x multiply-accumulates) to decode one image: the linear layer and
+    every convolution as written (a transposed conv: each input pixel meets the whole
+    kernel; "upsample + conv3x3": each output pixel does). Norms and activations are not
+    counted. The budget fitter caps this (``--max-decode-mflop``); CPU decode time is
+    about proportional to it for decoders of a few MFLOP and more (benchmarks/loader.md).
+    """
+    cfg = _as_config(config_json)
+    side, c_in = cfg.start_size, cfg.input_channels
+    macs = 0 if cfg.family == "large" else cfg.z_dim * cfg.width * side * side  # fc
+    outs = cfg.stage_channels()
+    for i, c_out in enumerate(outs):
+        upsample = cfg.family != "small" and i == len(outs) - 1
+        kernel = 4 if cfg.family == "small" else 3
+        pixels = (2 * side) ** 2 if upsample else side * side  # output pixels, or input pixels
+        macs += c_in * c_out * kernel * kernel * pixels
+        side, c_in = 2 * side, c_out
+    macs += c_in * cfg.channels * 9 * side * side  # head conv3x3
+    return 2 * macs / 1e6
+
+
 def build_decoder(config_json: dict | DecoderConfig, tensors: dict | None = None) -> Decoder:
     """Rebuild a decoder from its JSON config and (optionally) its named tensors.
 
