@@ -156,11 +156,15 @@ def _cache_options(default_help: str):
 def _cache_config(cache_dir, no_cache, workers, quiet, default=DEFAULT_CACHE_DIR):
     from d3fmt.sources.cache import CacheConfig
 
-    if no_cache:
-        if cache_dir:
-            raise ConfigError("give --cache-dir or --no-cache, not both")
-        return None
-    return CacheConfig(cache_dir or default, workers=workers, progress=not quiet)
+    where = _pack_cache_dir(cache_dir, no_cache)
+    return None if where == "" else CacheConfig(where or default, workers=workers, progress=not quiet)
+
+
+def _pack_cache_dir(cache_dir, no_cache):
+    """A PackConfig's cache_dir: None (<work-dir>/sources), a directory, or "" (no cache)."""
+    if no_cache and cache_dir:
+        raise ConfigError("give --cache-dir or --no-cache, not both")
+    return "" if no_cache else cache_dir
 
 
 @main.command("prepare", context_settings={"max_content_width": 100})
@@ -265,6 +269,7 @@ def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
 @click.option("--device", default=D["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=D["seed"], show_default=True, help="Seed of everything random.")
 @click.option("--work-dir", default=D["work_dir"], show_default=True, type=click.Path(file_okay=False), help="Expert cache and checkpoints.")
+@_cache_options("<--work-dir>/sources")
 @click.option("--checkpoint-every", default=D["checkpoint_every"], show_default=True, help="Iterations between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -398,9 +403,10 @@ def _train_bar(quiet, cfg, desc):
 @click.option("--source", "source_src",
               help="With --compare: the real training data [the source FILE's provenance names, which must "
                    "still have the same content hash].")
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, compare_codecs, source_src, model, epochs,
-             steps, runs, lr, batch_size, width, dsa, seed, device, as_json, quiet):
+def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, compare_codecs, source_src, cache_dir,
+             no_cache, workers, model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device, as_json, quiet):
     """Train fresh models on FILE's decoded stream only; test each final model on real data.
 
     \b
@@ -421,10 +427,11 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
         width = file_convnet_width(file)
     cfg = _eval_config(model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device,
                        samples_per_class=samples_per_class, labels=labels)
+    cache = _cache_config(cache_dir, no_cache, workers, quiet)
     if compare:
-        return _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json, quiet)
+        return _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json, quiet, cache)
     with _train_bar(quiet, cfg, "eval") as pbar:
-        ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record)
+        ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record, cache=cache)
     if as_json:
         click.echo(json.dumps({"file": file, "test_set": test.name, "recorded": not no_record, **ev.to_json()}))
         return
@@ -434,7 +441,7 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
         click.echo(f"  recorded in {file} (see `d3 inspect {file}`)")
 
 
-def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet):
+def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet, cache):
     import json
 
     from d3fmt.baseline import compare_file
@@ -442,7 +449,8 @@ def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, q
 
     with bar(quiet, total=None, desc="eval", unit="pass") as pbar:  # the file, then each codec
         result = compare_file(file, test_src, cfg, codecs=codecs, source=source_src, record=not no_record,
-                              progress=_progress(pbar), on_codec=lambda name: pbar.set_description(name))
+                              progress=_progress(pbar), on_codec=lambda name: pbar.set_description(name),
+                              cache=cache)
     ev = result.evaluation
     if as_json:
         click.echo(json.dumps({"file": file, "test_set": result.test_set, "recorded": not no_record,
@@ -486,13 +494,13 @@ def baseline_group():
     """
 
 
-def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet):
+def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet, cache):
     import json
 
     from d3fmt.baseline import BaselineConfig, run_full, run_random
 
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
-                         out=out, evaluation=_eval_config(**eval_kw))
+                         out=out, evaluation=_eval_config(**eval_kw), cache=cache)
     with _train_bar(quiet, cfg.evaluation, f"baseline {kind}") as pbar:
         result = (run_random if kind == "random" else run_full)(cfg, progress=_progress(pbar))
     if as_json:
@@ -522,15 +530,18 @@ _size_option = click.option("--image-size", type=int, help="Resize images to thi
 @_size_option
 @click.option("--subset-seed", default=0, show_default=True, help="Seed of the random choice of images.")
 @click.option("--out", type=click.Path(file_okay=False), help="Save the chosen PNGs here (ImageFolder layout).")
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, as_json, quiet, **eval_kw):
+def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, cache_dir, no_cache, workers, as_json,
+                        quiet, **eval_kw):
     """A balanced random subset of SRC's training images that fits the budget as PNG files.
 
     As many images per class as fit in B*K*C*H*W*4 bytes (the PNG bytes Pillow writes),
     the same count for every class, deterministic by --subset-seed; trained and tested
     like `d3 eval`. This is the honest competitor of a .d3 file of the same budget.
     """
-    _baseline_run("random", src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet)
+    _baseline_run("random", src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet,
+                  _cache_config(cache_dir, no_cache, workers, quiet))
 
 
 @baseline_group.command("codecs", context_settings={"max_content_width": 100})
@@ -543,9 +554,10 @@ def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, as_
 @_test_option
 @_size_option
 @click.option("--subset-seed", default=0, show_default=True, help="Seed of the random choice of images.")
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size, subset_seed, as_json, quiet,
-                        **eval_kw):
+def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size, subset_seed, cache_dir, no_cache,
+                        workers, as_json, quiet, **eval_kw):
     """A balanced random subset of SRC kept with each codec of a family, in the same bytes.
 
     \b
@@ -570,7 +582,7 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
 
     names = parse_codecs(codec_list)
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
-                         evaluation=_eval_config(**eval_kw))
+                         evaluation=_eval_config(**eval_kw), cache=_cache_config(cache_dir, no_cache, workers, quiet))
     started: list[str] = []
     with bar(quiet, total=len(names), desc="codecs", unit="codec") as pbar:
         def on_codec(name):
@@ -601,10 +613,12 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
 @click.argument("src")
 @_test_option
 @_size_option
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def baseline_full_cmd(src, test_src, image_size, as_json, quiet, **eval_kw):
+def baseline_full_cmd(src, test_src, image_size, cache_dir, no_cache, workers, as_json, quiet, **eval_kw):
     """Every training image of SRC, trained and tested like `d3 eval`: the ceiling."""
-    _baseline_run("full", src, test_src, None, image_size, 0, None, eval_kw, as_json, quiet)
+    _baseline_run("full", src, test_src, None, image_size, 0, None, eval_kw, as_json, quiet,
+                  _cache_config(cache_dir, no_cache, workers, quiet))
 
 # --- merge (federated) ---
 @main.command("merge", context_settings={"max_content_width": 100})
@@ -614,12 +628,14 @@ def baseline_full_cmd(src, test_src, image_size, as_json, quiet, **eval_kw):
 @click.option("--test", "test_src", help="A separate held-out source for the evaluation [the one the parts recorded].")
 @click.option("--work-dir", default=".d3cache", show_default=True, type=click.Path(file_okay=False),
               help="Reuses a cached all-class soft-label expert.")
+@_cache_options("<--work-dir>/sources")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation of the merged file.")
 @click.option("--eval-epochs", type=int, help="Epochs of the evaluation training [what the parts recorded, else 300].")
 @click.option("--eval-runs", type=int, help="Independent evaluation runs [what the parts recorded].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def merge_cmd(parts, output, source_src, test_src, work_dir, no_eval, eval_epochs, eval_runs, device, quiet):
+def merge_cmd(parts, output, source_src, test_src, work_dir, cache_dir, no_cache, workers, no_eval, eval_epochs,
+              eval_runs, device, quiet):
     """Merge the parts of a federated job (`d3 pack ... --subtasks S --subtask i`) into one file.
 
     \b
@@ -633,7 +649,8 @@ def merge_cmd(parts, output, source_src, test_src, work_dir, no_eval, eval_epoch
 
     result = merge(list(parts), MergeConfig(output=output, source=source_src, test=test_src, work_dir=work_dir,
                                             device=device, evaluate=not no_eval, eval_epochs=eval_epochs,
-                                            eval_runs=eval_runs, quiet=quiet))
+                                            eval_runs=eval_runs, quiet=quiet, workers=workers,
+                                            cache_dir=_pack_cache_dir(cache_dir, no_cache)))
     click.echo(f"merged {len(parts)} part(s), {len(result.subtasks)} subtasks, into {result.path}: "
                f"{result.file_bytes} bytes = {result.file_bytes / result.max_bytes:.1%} of the "
                f"{result.max_bytes}-byte budget")

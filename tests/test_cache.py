@@ -212,3 +212,42 @@ def test_prepare_cli(tmp_path):
     shutil.rmtree(tmp_path / "c")
     missing = CliRunner().invoke(main, ["prepare", str(tmp_path / "nope"), "--cache-dir", str(tmp_path / "c")])
     assert missing.exit_code == 4 and "not found" in missing.output
+
+
+TINY_PACK = ["--budget", "10", "--iterations", "2", "--experts", "1", "--expert-epochs", "2", "--syn-steps", "1",
+             "--match-epochs", "1", "--convnet-width", "8", "--eval-epochs", "1", "--pretrain-steps", "5",
+             "--device", "cpu", "-q"]
+
+
+def _tensors(path):
+    from d3fmt.format import read_d3
+
+    return read_d3(path).tensors
+
+
+@pytest.mark.slow
+def test_pack_from_the_cache_equals_pack_from_the_tree_and_decodes_nothing(tmp_path, decodes):
+    root = _jpeg_tree(tmp_path / "tree", classes=3, per_class=8, val=2)
+    pack = ["pack", str(root), "--image-size", "8", *TINY_PACK]
+    raw = CliRunner().invoke(main, [*pack, "-o", str(tmp_path / "raw.d3"), "--work-dir", str(tmp_path / "w1"),
+                                    "--no-cache"])
+    assert raw.exit_code == 0, raw.output
+    assert not (tmp_path / "w1" / "sources").exists()
+    first = CliRunner().invoke(main, [*pack, "-o", str(tmp_path / "c1.d3"), "--work-dir", str(tmp_path / "w2")])
+    assert first.exit_code == 0, first.output
+    assert len(list((tmp_path / "w2" / "sources").iterdir())) == 1      # default: <work-dir>/sources
+    decodes["n"] = 0
+    second = CliRunner().invoke(main, [*pack, "-o", str(tmp_path / "c2.d3"), "--work-dir", str(tmp_path / "w3"),
+                                       "--cache-dir", str(tmp_path / "w2" / "sources")])
+    assert second.exit_code == 0, second.output
+    assert decodes["n"] == 0
+    a, b, c = (_tensors(tmp_path / n) for n in ("raw.d3", "c1.d3", "c2.d3"))
+    assert sorted(a) == sorted(b) == sorted(c)
+    for name in a:
+        assert np.array_equal(a[name], b[name]) and np.array_equal(a[name], c[name]), name
+    # d3 eval on the same source and size reuses the pack's cache
+    ev = CliRunner().invoke(main, ["eval", str(tmp_path / "c2.d3"), "--test", str(root), "--epochs", "1",
+                                   "--width", "8", "--device", "cpu", "--no-record", "-q",
+                                   "--cache-dir", str(tmp_path / "w2" / "sources")])
+    assert ev.exit_code == 0, ev.output
+    assert decodes["n"] == 0
