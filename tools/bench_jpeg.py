@@ -25,6 +25,7 @@ markdown table extrapolates each figure linearly to ImageNet-1k's 1,281,167 + 50
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -48,6 +49,7 @@ SIZE = 64
 
 # --- the JPEG tree ---
 
+@functools.lru_cache(maxsize=1)
 def _textures(seed: int) -> list[np.ndarray]:
     """float32 [512, 512, 3] noise textures: four octaves of bilinearly upsampled random grids."""
     from PIL import Image

@@ -260,17 +260,25 @@ def _start(entry: Path, plan: dict) -> dict[tuple[str, int], list]:
     return {}
 
 
-def _blocks(parts: SourceParts, entry: Path, done: dict) -> Iterator[_Block]:
+def _todo(parts: SourceParts, done: dict) -> list[tuple[str, int, int, int]]:
+    """(part, block, start, stop) of every block not done yet."""
+    todo = []
     for name, part in _source_parts(parts).items():
         n = len(part.labels)
-        for index, start in enumerate(range(0, n, BLOCK_RECORDS)):
-            if (name, index) in done:
-                continue
-            ids = np.arange(start, min(n, start + BLOCK_RECORDS), dtype=np.int64)
-            yield _Block(str(entry / f"{name}.npy"), name, index, start, part.select(ids))
+        todo += [(name, index, start, min(n, start + BLOCK_RECORDS))
+                 for index, start in enumerate(range(0, n, BLOCK_RECORDS)) if (name, index) not in done]
+    return todo
 
 
-def _run_blocks(blocks: list[_Block], workers: int, on_done) -> None:
+def _blocks(parts: SourceParts, entry: Path, todo: list) -> Iterator[_Block]:
+    """The worker tasks, made one at a time (a block's part holds only its own records)."""
+    by_name = _source_parts(parts)
+    for name, index, start, stop in todo:
+        ids = np.arange(start, stop, dtype=np.int64)
+        yield _Block(str(entry / f"{name}.npy"), name, index, start, by_name[name].select(ids))
+
+
+def _run_blocks(blocks: Iterator[_Block], workers: int, on_done) -> None:
     """Decode every block, in this process (workers == 1) or in a pool, calling
     ``on_done(block, bad_rows)`` as each one finishes. At most 2 x workers in flight."""
     if workers <= 1:
@@ -302,12 +310,12 @@ def _build(parts: SourceParts, entry: Path, plan: dict, cfg: CacheConfig) -> Cac
 
     done = _start(entry, plan)
     resumed = len(done)
-    blocks = list(_blocks(parts, entry, done))
-    todo = sum(len(b.part.labels) for b in blocks)
-    workers = min(cfg.worker_count(), len(blocks)) or 1
+    todo = _todo(parts, done)
+    records = sum(stop - start for _, _, start, stop in todo)
+    workers = min(cfg.worker_count(), len(todo)) or 1
     started = time.perf_counter()
     with open(entry / "blocks.jsonl", "a", encoding="utf-8") as log, \
-            bar(not cfg.progress, total=todo, desc=f"decoding into {entry.name}", unit="img") as pbar:
+            bar(not cfg.progress, total=records, desc=f"decoding into {entry.name}", unit="img") as pbar:
         def on_done(block: _Block, bad_rows: list) -> None:
             log.write(json.dumps({"part": block.part_name, "block": block.index, "bad": bad_rows}) + "\n")
             log.flush()
@@ -315,7 +323,7 @@ def _build(parts: SourceParts, entry: Path, plan: dict, cfg: CacheConfig) -> Cac
             done[(block.part_name, block.index)] = bad_rows
             pbar.update(len(block.part.labels))
 
-        _run_blocks(blocks, workers, on_done)
+        _run_blocks(_blocks(parts, entry, todo), workers, on_done)
     seconds = time.perf_counter() - started
     order = list(plan["records"])   # train first, then test; blocks in order
     bad = [BadRecord(name, int(r), str(w), str(why))
@@ -325,7 +333,7 @@ def _build(parts: SourceParts, entry: Path, plan: dict, cfg: CacheConfig) -> Cac
         **plan, "complete": True, "source": parts.name, "class_names": list(parts.class_names),
         "bad": [[b.part, b.record, b.where, b.reason] for b in bad],
         "built_seconds": round(seconds, 3), "workers": workers})
-    return CacheStatus(entry, dict(plan["records"]), bad, todo, seconds, workers, resumed)
+    return CacheStatus(entry, dict(plan["records"]), bad, records, seconds, workers, resumed)
 
 
 def _status(entry: Path, plan: dict) -> CacheStatus:
