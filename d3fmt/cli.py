@@ -70,6 +70,7 @@ def main():
     """d3fmt: distil a labelled image dataset into a few-megabyte .d3 file, and use it.
 
     \b
+    d3 prepare SRC --image-size N      decode a JPEG tree once (the decoded-image cache)
     d3 pack SRC -o out.d3 --budget B   distil a dataset into a .d3 file
     d3 inspect out.d3                  size, budget, classes, accuracy
     d3 sample out.d3 -o grid.png       look at decoded samples
