@@ -321,17 +321,21 @@ def jpeg_main(argv: list[str]) -> int:
         extrapolate(report)
         out.with_suffix(".md").write_text(markdown(report))
         return 0
-    report = measure(args)
-    report["command"] = "python tools/bench_scale.py --jpeg " + " ".join(argv)
-    extrapolate(report)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+
+    def save(report: dict) -> None:
+        """Both files, after every run (a cut-short benchmark keeps what it measured)."""
+        report["command"] = "python tools/bench_scale.py --jpeg " + " ".join(argv)
+        extrapolate(report)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(report))
+
+    measure(args, save)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
 
 
-def measure(args) -> dict:
+def measure(args, save) -> dict:
     import d3fmt
 
     data = Path(args.data)
@@ -353,12 +357,14 @@ def measure(args) -> dict:
         row = run_child("prepare", {"source": str(tree), "cache_dir": str(runs / f"cache-w{w}"), "workers": w},
                         args.timeout)
         report["prepare"].append({"workers": w, **row})
+        save(report)
     prepared = runs / f"cache-w{args.prepare_workers[-1]}"
     plan = [("first", args.subtasks[0], runs / "cache-first")] + [("second", s, prepared) for s in args.subtasks]
     for label, s, cache_dir in plan:
         spec = {"source": str(tree), "output": str(runs / f"{label}-s{s}.d3"), "subtasks": s,
                 "work_dir": str(runs / f"work-{label}-s{s}"), "cache_dir": str(cache_dir), "threads": args.threads}
         report["packs"].append({"pack": label, "subtasks": s, **run_child("pack", spec, args.timeout)})
+        save(report)
     return report
 
 
