@@ -164,6 +164,12 @@ class LoadTimer:
         return timed
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of the worker processes it waited for."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def child_pack(spec: dict) -> dict:
     import torch
 
@@ -187,13 +193,14 @@ def child_prepare(spec: dict) -> dict:
     from d3fmt.sources.cache import CacheConfig
     from d3fmt.sources.spec import prepare_cache
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_s()
     status = prepare_cache(spec["source"], CacheConfig(spec["cache_dir"], workers=spec["workers"]), image_size=SIZE)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu_start
     decoded = sum(s.decoded for s in status)
     build = sum(s.seconds for s in status)
     return {"wall_s": round(wall, 1), "build_s": round(build, 1), "decoded": decoded,
             "images_per_s": round(decoded / build, 1), "peak_rss_mib": round(_peak_mib(), 1),
+            "cpu_s": round(cpu, 1), "cores_busy": round(cpu / wall, 2), "images_per_cpu_s": round(decoded / cpu, 1),
             "cache_bytes": sum(f.stat().st_size for s in status for f in s.path.glob("*.npy"))}
 
 
@@ -253,13 +260,14 @@ def markdown(report: dict) -> str:
         "",
         "**Cache build** (`d3 prepare SRC --image-size 64 --workers W`, fresh cache):",
         "",
-        "| workers | images | wall (s) | decode (s) | images/s | images/s per worker | peak RSS (MiB) "
-        "| cache (MiB) | ImageNet-1k (1.33 M images), hours |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | images | wall (s) | decode (s) | images/s | images/s per worker | CPU (s) | cores busy "
+        "| images per CPU-s | peak RSS (MiB) | cache (MiB) | ImageNet-1k (1.33 M images), hours |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["prepare"]:
         lines.append(f"| {r['workers']} | {r['decoded']:,} | {r['wall_s']} | {r['build_s']} | {r['images_per_s']:,.0f} "
-                     f"| {r['images_per_s'] / r['workers']:,.0f} | {r['peak_rss_mib']:,.0f} "
+                     f"| {r['images_per_s'] / r['workers']:,.0f} | {r.get('cpu_s', '-')} | {r.get('cores_busy', '-')} "
+                     f"| {r.get('images_per_cpu_s', '-')} | {r['peak_rss_mib']:,.0f} "
                      f"| {r['cache_bytes'] / 2**20:,.0f} | {r['imagenet_hours']} |")
     lines += [
         "",
@@ -310,6 +318,8 @@ def jpeg_main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--out", default="benchmarks/scale-jpeg.json")
     p.add_argument("--markdown-only", action="store_true", help="only re-render the .md from --out")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="measure the cache builds again (the prepare rows of --out), keep its pack rows")
     args = p.parse_args(argv)
     if args.child:
         kind, spec = args.child
@@ -330,6 +340,14 @@ def jpeg_main(argv: list[str]) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(report))
 
+    if args.prepare_only:
+        report = json.loads(out.read_text())
+        report["prepare"] = []
+        report["load_average_prepare"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+        tree = report.get("source") or str(Path(args.data) / f"jpeg-c{args.classes}-n{args.per_class}")
+        measure_prepare(args, Path(args.data) / f"runs-{int(time.time())}", tree, report["prepare"],
+                        lambda: save(report))
+        return 0
     measure(args, save)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
@@ -353,11 +371,8 @@ def measure(args, save) -> dict:
         "rss_after_imports_mib": round(_imports_rss(), 1), "prepare": [], "packs": [],
     }
     runs = data / f"runs-{int(time.time())}"
-    for w in args.prepare_workers:
-        row = run_child("prepare", {"source": str(tree), "cache_dir": str(runs / f"cache-w{w}"), "workers": w},
-                        args.timeout)
-        report["prepare"].append({"workers": w, **row})
-        save(report)
+    report["source"] = str(tree)
+    measure_prepare(args, runs, str(tree), report["prepare"], lambda: save(report))
     prepared = runs / f"cache-w{args.prepare_workers[-1]}"
     # the second packs first: the first pack repeats a cache build already measured above
     plan = [("second", s, prepared) for s in args.subtasks] + [("first", args.subtasks[0], runs / "cache-first")]
@@ -367,6 +382,14 @@ def measure(args, save) -> dict:
         report["packs"].append({"pack": label, "subtasks": s, **run_child("pack", spec, args.timeout)})
         save(report)
     return report
+
+
+def measure_prepare(args, runs: Path, tree: str, rows: list, saved) -> None:
+    """One fresh cache build per --prepare-workers value, appended to ``rows``."""
+    for w in args.prepare_workers:
+        row = run_child("prepare", {"source": tree, "cache_dir": str(runs / f"cache-w{w}"), "workers": w}, args.timeout)
+        rows.append({"workers": w, **row})
+        saved()
 
 
 def _imports_rss() -> float:
