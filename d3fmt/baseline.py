@@ -126,6 +126,7 @@ class BaselineConfig:
     seed: int = 0  # subset choice (training seeds come from evaluation.seed)
     out: str | None = None  # random: save the chosen PNGs here
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    cache: object | None = None  # a d3fmt.sources.cache.CacheConfig: ImageFolder / webdataset pixels decoded once
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _open(cfg: BaselineConfig):
     """(source, train x, train y, test set): SRC's train split, and --test resolved like d3 eval."""
     from d3fmt.sources import open_source
 
-    source = open_source(cfg.source, image_size=cfg.image_size)
+    source = open_source(cfg.source, image_size=cfg.image_size, cache=cfg.cache)
     info = source.info
     x, y = source.load("train")
     if cfg.test is None:
@@ -161,7 +162,8 @@ def _open(cfg: BaselineConfig):
         test = TestSet(tx, np.asarray(ty, np.int64), f"{cfg.source} test split ({len(ty)} images)")
     else:
         # SRC itself as --test: its own test split or holdout, never the training images.
-        test = load_test_set(cfg.test, info.image_shape, info.num_classes, train_hash=info.content_hash)
+        test = load_test_set(cfg.test, info.image_shape, info.num_classes, train_hash=info.content_hash,
+                             cache=cfg.cache)
     return source, x, np.asarray(y, np.int64), test
 
 
@@ -311,7 +313,7 @@ def compare_same_bytes(train_x, train_y, test: TestSet, num_classes: int, file_b
     return CodecsResult("", test.name, int(file_bytes), results)
 
 
-def compare_source(path, source: str | None = None):
+def compare_source(path, source: str | None = None, cache=None):
     """The real training images a .d3 file was distilled from, at its image size: the source
     its provenance names (or ``source``), opened with the recorded test / holdout / seed so
     the held-out images stay out. Returns (train x uint8 [N, C, H, W], train y [N]).
@@ -329,7 +331,7 @@ def compare_source(path, source: str | None = None):
     test = settings.get("test") if isinstance(settings.get("test"), str) else None
     holdout = settings.get("holdout") if isinstance(settings.get("holdout"), (int, float)) else None
     src = open_source(spec, image_size=int(header["image_shape"][1]), test=test, holdout=holdout,
-                      seed=int(settings.get("seed") or 0))
+                      seed=int(settings.get("seed") or 0), cache=cache)
     info = src.info
     if source is None and prov.get("source_hash") and info.content_hash != prov["source_hash"]:
         raise ConfigError(f"{spec} is not the data {path} was distilled from (content hash differs); "
@@ -358,7 +360,7 @@ class CompareResult:
 
 
 def compare_file(path, test_spec: str, cfg: EvalConfig, codecs=None, source: str | None = None,
-                 record: bool = True, progress=None, on_codec=None) -> CompareResult:
+                 record: bool = True, progress=None, on_codec=None, cache=None) -> CompareResult:
     """Evaluate a .d3 file like ``d3 eval`` and train the codec family at the file's exact byte
     count with the same EvalConfig; append one evaluation record carrying ``compare`` (the
     best codec: name, images per class, bytes, accuracy, std, runs)."""
@@ -370,8 +372,8 @@ def compare_file(path, test_spec: str, cfg: EvalConfig, codecs=None, source: str
     with D3Reader(path) as reader:
         file_bytes = reader.file_bytes
         num_classes = int(reader.header["num_classes"])
-    x, y = compare_source(path, source)
-    ev, test = evaluate_file(path, test_spec, cfg, progress=progress, record=False)
+    x, y = compare_source(path, source, cache)
+    ev, test = evaluate_file(path, test_spec, cfg, progress=progress, record=False, cache=cache)
     family = compare_same_bytes(x, y, test, num_classes, file_bytes, cfg, names, progress=progress,
                                 on_codec=on_codec)
     rec = ev.record(test.name)

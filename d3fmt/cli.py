@@ -70,6 +70,7 @@ def main():
     """d3fmt: distil a labelled image dataset into a few-megabyte .d3 file, and use it.
 
     \b
+    d3 prepare SRC --image-size N      decode a JPEG tree once (the decoded-image cache)
     d3 pack SRC -o out.d3 --budget B   distil a dataset into a .d3 file
     d3 inspect out.d3                  size, budget, classes, accuracy
     d3 sample out.d3 -o grid.png       look at decoded samples
@@ -135,6 +136,75 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
                           progress=not quiet)  # fmt: skip
     labels = "hard + soft labels" if info.soft else "hard labels"
     click.echo(f"wrote {info.count} images ({labels}) as {info.format} to {info.out}")
+
+
+# --- prepare (decoded-image cache) ---
+DEFAULT_CACHE_DIR = ".d3cache/sources"  # = <pack's default --work-dir>/sources
+
+
+def _cache_options(default_help: str):
+    """--cache-dir / --no-cache / --workers: the decoded-image cache of ImageFolder and webdataset sources."""
+    def decorate(fn):
+        fn = click.option("--workers", type=click.IntRange(1), help="Processes decoding images into the cache "
+                          "[the CPUs this process may use].")(fn)
+        fn = click.option("--no-cache", is_flag=True, help="Decode the source's images at every read instead.")(fn)
+        return click.option("--cache-dir", type=click.Path(file_okay=False),
+                            help=f"Decoded-image cache of ImageFolder / webdataset sources [{default_help}]; "
+                                 "built at the first read at an image size, reused after (see d3 prepare).")(fn)
+    return decorate
+
+
+def _cache_config(cache_dir, no_cache, workers, quiet, default=DEFAULT_CACHE_DIR):
+    from d3fmt.sources.cache import CacheConfig
+
+    where = _pack_cache_dir(cache_dir, no_cache)
+    return None if where == "" else CacheConfig(where or default, workers=workers, progress=not quiet)
+
+
+def _pack_cache_dir(cache_dir, no_cache):
+    """A PackConfig's cache_dir: None (<work-dir>/sources), a directory, or "" (no cache)."""
+    if no_cache and cache_dir:
+        raise ConfigError("give --cache-dir or --no-cache, not both")
+    return "" if no_cache else cache_dir
+
+
+@main.command("prepare", context_settings={"max_content_width": 100})
+@click.argument("src")
+@click.option("--image-size", type=int, help="Square side the images are resized to [the source's].")
+@click.option("--test", help="A separate held-out source to cache as well (at SRC's size and channels).")
+@click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Where the cache goes: give d3 pack the same (its default is <--work-dir>/sources).")
+@click.option("--workers", type=click.IntRange(1), help="Decoding processes [the CPUs this process may use].")
+@click.option("--skip-bad", is_flag=True, help="Succeed although some images are unreadable (they are skipped).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
+    """Decode every image of SRC once, at --image-size, into the decoded-image cache.
+
+    \b
+    For an ImageFolder or webdataset SRC: one uint8 array per part (train, val/) plus a
+    manifest (content hash, size, classes, unreadable images), decoded in parallel worker
+    processes. `d3 pack`, `d3 eval` and `d3 baseline` at the same size then read pixels
+    from there and decode nothing. Run it once before a job array. An interrupted build
+    resumes where it stopped; a changed source is rebuilt (with a message). Unreadable
+    images are listed in the manifest; without --skip-bad they make this command fail.
+    """
+    from d3fmt.sources.cache import CacheConfig
+    from d3fmt.sources.spec import prepare_cache
+
+    cfg = CacheConfig(cache_dir, workers=workers, progress=not quiet)
+    for status in prepare_cache(src, cfg, image_size=image_size, skip_bad=skip_bad, test=test):
+        counts = " + ".join(f"{n:,} {part}" for part, n in status.records.items())
+        if status.built:
+            rate = status.decoded / max(status.seconds, 1e-9)
+            resumed = f", {status.resumed_blocks} blocks kept from an interrupted build" if status.resumed_blocks else ""
+            done = (f"decoded {status.decoded:,} images in {status.seconds:.1f} s ({rate:,.0f} images/s, "
+                    f"{status.workers} worker(s){resumed})")
+        else:
+            done = "complete, nothing decoded"
+        click.echo(f"{status.path}: {counts} images; {done}")
+        if status.bad:
+            s = "" if len(status.bad) == 1 else "s"
+            click.echo(f"  {len(status.bad)} unreadable image{s} skipped (listed in {status.path / 'manifest.json'})")
 
 
 # --- pack (distiller) ---
@@ -204,6 +274,7 @@ def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means
 @click.option("--device", default=D["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=D["seed"], show_default=True, help="Seed of everything random.")
 @click.option("--work-dir", default=D["work_dir"], show_default=True, type=click.Path(file_okay=False), help="Expert cache and checkpoints.")
+@_cache_options("<--work-dir>/sources")
 @click.option("--checkpoint-every", default=D["checkpoint_every"], show_default=True, help="Iterations between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -338,9 +409,10 @@ def _train_bar(quiet, cfg, desc):
 @click.option("--source", "source_src",
               help="With --compare: the real training data [the source FILE's provenance names, which must "
                    "still have the same content hash].")
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, compare_codecs, source_src, model, epochs,
-             steps, runs, lr, batch_size, width, dsa, seed, device, as_json, quiet):
+def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, compare_codecs, source_src, cache_dir,
+             no_cache, workers, model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device, as_json, quiet):
     """Train fresh models on FILE's decoded stream only; test each final model on real data.
 
     \b
@@ -361,10 +433,11 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
         width = file_convnet_width(file)
     cfg = _eval_config(model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device,
                        samples_per_class=samples_per_class, labels=labels)
+    cache = _cache_config(cache_dir, no_cache, workers, quiet)
     if compare:
-        return _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json, quiet)
+        return _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json, quiet, cache)
     with _train_bar(quiet, cfg, "eval") as pbar:
-        ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record)
+        ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record, cache=cache)
     if as_json:
         click.echo(json.dumps({"file": file, "test_set": test.name, "recorded": not no_record, **ev.to_json()}))
         return
@@ -374,7 +447,7 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
         click.echo(f"  recorded in {file} (see `d3 inspect {file}`)")
 
 
-def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet):
+def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet, cache):
     import json
 
     from d3fmt.baseline import compare_file
@@ -382,7 +455,8 @@ def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, q
 
     with bar(quiet, total=None, desc="eval", unit="pass") as pbar:  # the file, then each codec
         result = compare_file(file, test_src, cfg, codecs=codecs, source=source_src, record=not no_record,
-                              progress=_progress(pbar), on_codec=lambda name: pbar.set_description(name))
+                              progress=_progress(pbar), on_codec=lambda name: pbar.set_description(name),
+                              cache=cache)
     ev = result.evaluation
     if as_json:
         click.echo(json.dumps({"file": file, "test_set": result.test_set, "recorded": not no_record,
@@ -426,13 +500,13 @@ def baseline_group():
     """
 
 
-def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet):
+def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet, cache):
     import json
 
     from d3fmt.baseline import BaselineConfig, run_full, run_random
 
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
-                         out=out, evaluation=_eval_config(**eval_kw))
+                         out=out, evaluation=_eval_config(**eval_kw), cache=cache)
     with _train_bar(quiet, cfg.evaluation, f"baseline {kind}") as pbar:
         result = (run_random if kind == "random" else run_full)(cfg, progress=_progress(pbar))
     if as_json:
@@ -462,15 +536,18 @@ _size_option = click.option("--image-size", type=int, help="Resize images to thi
 @_size_option
 @click.option("--subset-seed", default=0, show_default=True, help="Seed of the random choice of images.")
 @click.option("--out", type=click.Path(file_okay=False), help="Save the chosen PNGs here (ImageFolder layout).")
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, as_json, quiet, **eval_kw):
+def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, cache_dir, no_cache, workers, as_json,
+                        quiet, **eval_kw):
     """A balanced random subset of SRC's training images that fits the budget as PNG files.
 
     As many images per class as fit in B*K*C*H*W*4 bytes (the PNG bytes Pillow writes),
     the same count for every class, deterministic by --subset-seed; trained and tested
     like `d3 eval`. This is the honest competitor of a .d3 file of the same budget.
     """
-    _baseline_run("random", src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet)
+    _baseline_run("random", src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet,
+                  _cache_config(cache_dir, no_cache, workers, quiet))
 
 
 @baseline_group.command("codecs", context_settings={"max_content_width": 100})
@@ -483,9 +560,10 @@ def baseline_random_cmd(src, budget, test_src, image_size, subset_seed, out, as_
 @_test_option
 @_size_option
 @click.option("--subset-seed", default=0, show_default=True, help="Seed of the random choice of images.")
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size, subset_seed, as_json, quiet,
-                        **eval_kw):
+def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size, subset_seed, cache_dir, no_cache,
+                        workers, as_json, quiet, **eval_kw):
     """A balanced random subset of SRC kept with each codec of a family, in the same bytes.
 
     \b
@@ -510,7 +588,7 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
 
     names = parse_codecs(codec_list)
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
-                         evaluation=_eval_config(**eval_kw))
+                         evaluation=_eval_config(**eval_kw), cache=_cache_config(cache_dir, no_cache, workers, quiet))
     started: list[str] = []
     with bar(quiet, total=len(names), desc="codecs", unit="codec") as pbar:
         def on_codec(name):
@@ -541,10 +619,12 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
 @click.argument("src")
 @_test_option
 @_size_option
+@_cache_options(DEFAULT_CACHE_DIR)
 @_eval_options
-def baseline_full_cmd(src, test_src, image_size, as_json, quiet, **eval_kw):
+def baseline_full_cmd(src, test_src, image_size, cache_dir, no_cache, workers, as_json, quiet, **eval_kw):
     """Every training image of SRC, trained and tested like `d3 eval`: the ceiling."""
-    _baseline_run("full", src, test_src, None, image_size, 0, None, eval_kw, as_json, quiet)
+    _baseline_run("full", src, test_src, None, image_size, 0, None, eval_kw, as_json, quiet,
+                  _cache_config(cache_dir, no_cache, workers, quiet))
 
 # --- merge (federated) ---
 @main.command("merge", context_settings={"max_content_width": 100})
@@ -554,12 +634,14 @@ def baseline_full_cmd(src, test_src, image_size, as_json, quiet, **eval_kw):
 @click.option("--test", "test_src", help="A separate held-out source for the evaluation [the one the parts recorded].")
 @click.option("--work-dir", default=".d3cache", show_default=True, type=click.Path(file_okay=False),
               help="Reuses a cached all-class soft-label expert.")
+@_cache_options("<--work-dir>/sources")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation of the merged file.")
 @click.option("--eval-epochs", type=int, help="Epochs of the evaluation training [what the parts recorded, else 300].")
 @click.option("--eval-runs", type=int, help="Independent evaluation runs [what the parts recorded].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def merge_cmd(parts, output, source_src, test_src, work_dir, no_eval, eval_epochs, eval_runs, device, quiet):
+def merge_cmd(parts, output, source_src, test_src, work_dir, cache_dir, no_cache, workers, no_eval, eval_epochs,
+              eval_runs, device, quiet):
     """Merge the parts of a federated job (`d3 pack ... --subtasks S --subtask i`) into one file.
 
     \b
@@ -573,7 +655,8 @@ def merge_cmd(parts, output, source_src, test_src, work_dir, no_eval, eval_epoch
 
     result = merge(list(parts), MergeConfig(output=output, source=source_src, test=test_src, work_dir=work_dir,
                                             device=device, evaluate=not no_eval, eval_epochs=eval_epochs,
-                                            eval_runs=eval_runs, quiet=quiet))
+                                            eval_runs=eval_runs, quiet=quiet, workers=workers,
+                                            cache_dir=_pack_cache_dir(cache_dir, no_cache)))
     click.echo(f"merged {len(parts)} part(s), {len(result.subtasks)} subtasks, into {result.path}: "
                f"{result.file_bytes} bytes = {result.file_bytes / result.max_bytes:.1%} of the "
                f"{result.max_bytes}-byte budget")

@@ -177,7 +177,7 @@ class TestSet:
 
 
 def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str | None = None,
-                  holdout: float | None = None, seed: int = 0) -> TestSet:
+                  holdout: float | None = None, seed: int = 0, cache=None) -> TestSet:
     """Resolve ``--test SRC`` to real test images of ``image_shape`` (C, H, W).
 
     SRC's own test split when it has one (IDX t10k, ImageFolder val/, npz x_test);
@@ -185,11 +185,12 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
     equals ``train_hash``), the same stratified holdout ``d3 pack`` held out (``holdout``,
     default 0.2, and ``seed``) -- so test images never overlap training images; otherwise
     all of SRC. Images are resized to H x W; the class count must match (ConfigError).
+    ``cache``: a :class:`d3fmt.sources.cache.CacheConfig` (decoded-image cache) or None.
     """
     from d3fmt.sources import DEFAULT_HOLDOUT, open_source
 
     c, h, _ = (int(v) for v in image_shape)
-    probe = open_source(spec, image_size=h, holdout=0)
+    probe = open_source(spec, image_size=h, holdout=0, cache=cache)
     info = probe.info
     if info.num_classes != num_classes:
         raise ConfigError(f"test source {spec} has {info.num_classes} classes but the model is trained on "
@@ -205,7 +206,7 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
         if fraction <= 0:
             raise ConfigError(f"{spec} is the training data itself and has no held-out split; "
                               "give a separate --test source")
-        split = open_source(spec, image_size=h, holdout=fraction, seed=seed)
+        split = open_source(spec, image_size=h, holdout=fraction, seed=seed, cache=cache)
         x, y = split.load("test")
         name = f"{spec} held-out {fraction:g} of train, seed {seed} ({len(y)} images)"
     else:
@@ -424,7 +425,8 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
                       details, models, cfg.steps)
 
 
-def evaluate_file(path, test_spec: str, cfg: EvalConfig, *, progress=None, record: bool = True) -> tuple[EvalResult, TestSet]:
+def evaluate_file(path, test_spec: str, cfg: EvalConfig, *, progress=None, record: bool = True,
+                  cache=None) -> tuple[EvalResult, TestSet]:
     """``d3 eval``: evaluate a .d3 file on ``test_spec`` and (``record``) append the record.
 
     The record is added with :func:`d3fmt.format.append_eval`: an atomic rewrite whose
@@ -439,7 +441,7 @@ def evaluate_file(path, test_spec: str, cfg: EvalConfig, *, progress=None, recor
         settings = prov.get("settings") if isinstance(prov.get("settings"), dict) else {}
         test = load_test_set(test_spec, header["image_shape"], int(header["num_classes"]),
                              train_hash=prov.get("source_hash"), holdout=settings.get("holdout"),
-                             seed=int(settings.get("seed") or 0))
+                             seed=int(settings.get("seed") or 0), cache=cache)
         rep = Representation.from_reader(reader, device=cfg.device)
     result = evaluate_representation(rep, test.x, test.y, cfg, progress=progress)
     if record:

@@ -12,6 +12,13 @@ and memory *scale*, not accuracy: no evaluation, 2 iterations, 1 expert of 1 epo
 ConvNet width 8, budget 10 with decoder width 32 and one latent per class fixed (the
 fitter would pick decoders of width 2048 for 1000 classes, or fill the bytes with latents:
 far too slow on a CPU), soft-label sample 5 per class. Files are therefore under their cap. Writes ``--out`` (JSON) and the same rows as a markdown table next to it.
+
+``--jpeg``: the decoded-image cache on a generated ImageFolder of full-size JPEGs shaped
+like ImageNet (``tools/bench_jpeg.py``, which takes the rest of the options; it writes
+``benchmarks/scale-jpeg.{json,md}`` by default):
+
+    python tools/bench_scale.py --jpeg --classes 1000 --per-class 25 --subtasks 1 10 100 \
+        --data /tmp/d3jpeg --out benchmarks/scale-jpeg.json
 """
 
 from __future__ import annotations
@@ -132,8 +139,14 @@ def observations(runs: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--jpeg" in argv:
+        from bench_jpeg import jpeg_main  # tools/ is on sys.path when this file runs as a script
+
+        return jpeg_main([a for a in argv if a != "--jpeg"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--jpeg", action="store_true", help="the decoded-image cache on a JPEG tree (tools/bench_jpeg.py)")
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--subtasks", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--per-class", type=int, default=50, help="train images per class")
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(row)
     report = {
         "benchmark": "pack_scale",
-        "command": "python tools/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python tools/bench_scale.py " + " ".join(argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), no GPU",
         "d3fmt_version": d3fmt.__version__, "torch_version": torch.__version__, "python": platform.python_version(),

@@ -28,6 +28,7 @@ from d3fmt.evaluate import EvalResult
 from d3fmt.format import budget_bytes
 from d3fmt.pixels import Pixels
 from d3fmt.sources import open_source
+from d3fmt.sources.cache import CacheConfig
 from d3fmt.sources.stats import MIN_STD, PixelMoments
 from d3fmt.teacher import AUTO_TEACHER
 
@@ -81,9 +82,16 @@ def max_bytes_of(cfg: PackConfig, num_classes: int, image_shape) -> tuple[float,
     return cfg.max_bytes / budget_bytes(1, num_classes, image_shape), int(cfg.max_bytes)
 
 
+def pack_cache(cfg: PackConfig) -> CacheConfig | None:
+    """The decoded-image cache of a job: --cache-dir, else <work_dir>/sources; None with --no-cache."""
+    if cfg.cache_dir == "":
+        return None
+    return CacheConfig(cfg.cache_dir or Path(cfg.work_dir) / "sources", workers=cfg.workers, progress=not cfg.quiet)
+
+
 def open_pack_source(cfg: PackConfig, spec: str | None = None, test: str | None = None):
     return open_source(spec or cfg.source, image_size=cfg.image_size, skip_bad=cfg.skip_bad,
-                       test=test or cfg.test, holdout=cfg.holdout, seed=cfg.seed)
+                       test=test or cfg.test, holdout=cfg.holdout, seed=cfg.seed, cache=pack_cache(cfg))
 
 
 def prepare(cfg: PackConfig) -> PackContext:

@@ -92,6 +92,8 @@ class MergeConfig:
     eval_epochs: int | None = None  # None: what the parts recorded (else EvalConfig's default)
     eval_runs: int | None = None
     quiet: bool = False
+    cache_dir: str | None = None  # decoded-image cache: None: <work_dir>/sources; "": none
+    workers: int | None = None  # processes decoding into the cache
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,7 +322,8 @@ def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Pat
 def merge_config(ref: dict, mcfg: MergeConfig) -> PackConfig:
     """The job's PackConfig (recorded in the parts) with the merge's run options."""
     cfg = config_from_settings(ref["provenance"]["settings"], output=mcfg.output, work_dir=mcfg.work_dir,
-                               device=mcfg.device, quiet=mcfg.quiet)
+                               device=mcfg.device, quiet=mcfg.quiet, cache_dir=mcfg.cache_dir,
+                               workers=mcfg.workers)
     if not mcfg.evaluate:
         cfg.evaluation = None
         return cfg

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, object] = dict(
     family=None, z_dim=None, latents_per_class=None, decoder_width=None, encoding=None, soft_labels=False,
     evaluate=True, eval_runs=1, device="auto", seed=0, work_dir=".d3cache", checkpoint_every=50,
     resume=False, quiet=False, teacher_width=0, teacher_epochs=6, priors="kmeans",
-    compare=False, max_decode_mflop=None,
+    compare=False, max_decode_mflop=None, cache_dir=None, no_cache=False, workers=None,
 )
 
 

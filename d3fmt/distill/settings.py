@@ -69,6 +69,9 @@ class PackConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     compare: bool = DEFAULTS["compare"]  # the final evaluation also trains the same-bytes codec family
     max_decode_mflop: float | None = None  # the fitter's decode cap per image; None: its default, 0: none
+    # the decoded-image cache of ImageFolder / webdataset sources (d3fmt.sources.cache):
+    cache_dir: str | None = DEFAULTS["cache_dir"]  # None: <work_dir>/sources; "": no cache (--no-cache)
+    workers: int | None = DEFAULTS["workers"]  # processes decoding into the cache; None: the usable CPUs
 
     def __post_init__(self):
         if (self.budget is None) == (self.max_bytes is None):
@@ -111,6 +114,8 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         raise ConfigError(f"unknown pack settings {sorted(unknown)}")
     s = {**DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS and v is not None}}
     advanced = {k: settings[k] for k in ADVANCED if settings.get(k) is not None}
+    if s["no_cache"] and s["cache_dir"]:
+        raise ConfigError("give --cache-dir or --no-cache, not both")
     if not 0 <= s["warmup"] < 1:
         raise ConfigError(f"--warmup is a share of the iterations in [0, 1), got {s['warmup']}")
     p = resolve_preset(s["preset"], resolve_device(s["device"]).type == "cuda", {
@@ -126,6 +131,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
         teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
         max_decode_mflop=s["max_decode_mflop"],
+        cache_dir="" if s["no_cache"] else s["cache_dir"], workers=s["workers"],
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,
@@ -138,7 +144,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
 
 
 # Fields that say how or where a process runs, not what it computes.
-RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask")
+RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask", "cache_dir", "workers")
 
 
 def settings_json(cfg: PackConfig) -> dict:

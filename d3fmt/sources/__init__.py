@@ -21,6 +21,9 @@ pixel. The per-kind rules live in the module of that kind; the shared rules are:
   the files total <= 64 MiB; the arrays' bytes for digits).
 - Memory: labels and a per-record index are held; pixels are streamed one batch at a
   time, and a class subset reads only its own files (ImageFolder, webdataset).
+- Decoded-image cache (``open_source(..., cache=CacheConfig(dir))``, ``d3 prepare``):
+  ImageFolder / webdataset pixels decoded once per size, in parallel, into uint8 arrays
+  read back instead of the files (:mod:`d3fmt.sources.cache`).
 
 Generated test data: :mod:`d3fmt.sources.synthetic` (and ``tools/make_shapes.py``).
 """

@@ -81,6 +81,15 @@ class Part(abc.ABC):
         bad records are reported to ``bad`` (which raises or records them) and left out.
         """
 
+    def where(self, i: int) -> str:
+        """Where record ``i`` comes from, for messages (a path, or shard:member)."""
+        return f"record {i}"
+
+    def select(self, ids: np.ndarray) -> Part:
+        """Records ``ids`` as a new, small part (their ids 0..len-1): what a worker process
+        decoding them needs, and nothing more (the decoded-image cache sends these)."""
+        raise NotImplementedError(f"{type(self).__name__} records are not decoded in workers")
+
 
 class ChunkFiller:
     """Decoded images gathered into fixed-size chunks: (record ids [n], uint8 [n, C, S, S])."""

@@ -39,11 +39,18 @@ class FilesPart(Part):
         self.channels = channels
         self.side = side
 
+    def where(self, i: int) -> str:
+        return os.path.join(self.tree, self.rel_paths[i])
+
+    def select(self, ids: np.ndarray) -> FilesPart:
+        return FilesPart(self.tree, [self.rel_paths[i] for i in ids.tolist()], self.labels[ids],
+                         self.channels, self.side)
+
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         filler = ChunkFiller(chunk, self.channels, self.side)
         for i in ids.tolist():
-            path = os.path.join(self.tree, self.rel_paths[i])
+            path = self.where(i)
             try:
                 image = decode_image(path, self.channels, self.side)
             except ImageDecodeError as exc:

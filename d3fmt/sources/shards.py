@@ -109,6 +109,10 @@ class ShardsPart(Part):
     def where(self, i: int) -> str:
         return f"{self.shards[self.shard_ids[i]]}:{self.members[i]}"
 
+    def select(self, ids: np.ndarray) -> ShardsPart:
+        return ShardsPart(self.shards, self.shard_ids[ids], self.offsets[ids], self.sizes[ids],
+                          [self.members[i] for i in ids.tolist()], self.labels[ids], self.channels, self.side)
+
     def fetch(self, i: int) -> bytes:
         if self.sizes[i] > MAX_MEMBER_BYTES:
             return b""   # not an image: the look reports it as bad

@@ -19,12 +19,14 @@ exists; 0 means no test split) carved out of train -- disjoint from what is left
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from d3fmt.errors import ConfigError, SourceError
 from d3fmt.sources.base import BadImages, Source, SourceInfo, SourceParts
+from d3fmt.sources.cache import CACHED_KINDS, CacheConfig, CacheStatus, use_cache
 from d3fmt.sources.digits import open_digits
 from d3fmt.sources.hashing import combine_hashes
 from d3fmt.sources.idx import FASHION_MNIST_DIR, find_idx_files, open_idx
@@ -76,7 +78,21 @@ def detect_kind(spec: str) -> tuple[str, str]:
 
 
 def _open_parts(spec: str, image_size: int | None, channels: int | None,
-                bad: BadImages) -> SourceParts:
+                bad: BadImages, cache: CacheConfig | None = None) -> SourceParts:
+    parts = _open_raw_parts(spec, image_size, channels, bad)
+    if cache is not None and parts.kind in CACHED_KINDS:
+        parts, _ = use_cache(parts, _location(spec), cache)
+    return parts
+
+
+def _location(spec: str) -> str:
+    """The absolute location of a file source: what names its cache entry."""
+    _, where = detect_kind(spec)
+    return os.path.abspath(where)
+
+
+def _open_raw_parts(spec: str, image_size: int | None, channels: int | None,
+                    bad: BadImages) -> SourceParts:
     kind, where = detect_kind(spec)
     if kind == "digits":
         return open_digits(image_size=image_size, channels=channels, bad=bad)
@@ -122,19 +138,22 @@ def _check_classes(name: str, class_names: list[str], labels: np.ndarray) -> Non
 
 
 def open_source(spec: str, *, image_size: int | None = None, skip_bad: bool = False,
-                test: str | None = None, holdout: float | None = None, seed: int = 0) -> Source:
+                test: str | None = None, holdout: float | None = None, seed: int = 0,
+                cache: CacheConfig | None = None) -> Source:
     """Open a dataset source for ``d3 pack`` (see the module docstring for SRC forms).
 
     image_size: square side S of every image (default: the source's shorter side).
     skip_bad: skip (and count, ``Source.skipped``) undecodable images instead of raising.
     test: a separate SRC for the test split. holdout: fraction held out of train when
     there is no test split (default 0.2; 0 = none). seed: the holdout's seed.
+    cache: read ImageFolder / webdataset pixels from a decoded-image cache (built on first
+    use, see :mod:`d3fmt.sources.cache`); other kinds are read directly.
     """
     image_size = check_image_size(image_size)
     if holdout is not None and not (isinstance(holdout, (int, float)) and 0 <= holdout < 1):
         raise ConfigError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
     bad = BadImages(skip=bool(skip_bad))
-    parts = _open_parts(spec, image_size, None, bad)
+    parts = _open_parts(spec, image_size, None, bad, cache)
     all_train = np.arange(len(parts.train.labels), dtype=np.int64)
     train, test_split, name = (parts.train, all_train), None, parts.name
     content_hash = parts.content_hash
@@ -142,7 +161,7 @@ def open_source(spec: str, *, image_size: int | None = None, skip_bad: bool = Fa
     if test is not None:
         if holdout:
             raise ConfigError("give either a test source or a holdout fraction, not both")
-        other = _open_parts(test, parts.side, parts.channels, bad)
+        other = _open_parts(test, parts.side, parts.channels, bad, cache)
         if other.class_names != parts.class_names:
             raise SourceError(f"test source {test} has classes {other.class_names[:5]}... but "
                               f"{spec} has {parts.class_names[:5]}...; both need the same classes")
@@ -168,3 +187,30 @@ def open_source(spec: str, *, image_size: int | None = None, skip_bad: bool = Fa
         image_shape=(parts.channels, parts.side, parts.side), num_train=len(train[1]),
         num_test=None if test_split is None else len(test_split[1]), content_hash=content_hash)
     return Source(info, train, test_split, bad)
+
+
+def prepare_cache(spec: str, cache: CacheConfig, *, image_size: int | None = None, skip_bad: bool = False,
+                  test: str | None = None) -> list[CacheStatus]:
+    """``d3 prepare``: build (or resume, or find complete) the decoded-image cache of an
+    ImageFolder / webdataset source and of its separate ``test`` source.
+
+    Unreadable images are recorded in the manifest either way; without ``skip_bad`` a
+    SourceError then names the first (the cache stays complete: a rerun with skip_bad,
+    or a pack with --skip-bad, decodes nothing)."""
+    image_size = check_image_size(image_size)
+    bad = BadImages(skip=bool(skip_bad))
+    statuses = []
+    parts = None
+    for one in [spec] + ([test] if test is not None else []):
+        raw = _open_raw_parts(one, image_size if parts is None else parts.side,
+                              None if parts is None else parts.channels, bad)
+        if raw.kind not in CACHED_KINDS:
+            raise ConfigError(f"{one} is a {raw.kind} source, read directly without decoding JPEG/PNG files; "
+                              "only ImageFolder and webdataset sources are cached")
+        parts = parts or raw
+        statuses.append(use_cache(raw, _location(one), cache)[1])
+    found = [b for s in statuses for b in s.bad]
+    if found and not skip_bad:
+        raise SourceError(f"{len(found)} unreadable image(s), first {found[0].where} ({found[0].reason}); the "
+                          "cache is complete and lists them: fix or delete the files, or pass --skip-bad")
+    return statuses
