@@ -64,7 +64,7 @@ class Sizes:
 
 
 FULL = Sizes(decode_images=200_000, decode_batch=4096, train_steps=30, train_batch=256, mmd_iterations=10,
-             mtt_iterations=5, pack=dict(num_experts=5, expert_epochs=6, iterations=200, eval_epochs=200,
+             mtt_iterations=5, pack=dict(num_experts=5, expert_epochs=4, iterations=200, eval_epochs=200,
                                          pretrain_steps=500))
 SMOKE = Sizes(decode_images=200, decode_batch=100, train_steps=1, train_batch=4, mmd_iterations=2, mtt_iterations=1,
               pack=dict(num_experts=1, expert_epochs=2, iterations=2, eval_epochs=2, pretrain_steps=4,
@@ -278,31 +278,48 @@ def device_name(device: torch.device) -> str:
 
 
 def markdown(r: dict) -> str:
+    seconds = f"{r['seconds']:.0f} s in all" if "seconds" in r else "unfinished"
     lines = [f"# GPU check, {r['date']}", "", f"Command: `{r['command']}`  ",
              f"Device: **{r['device_name']}** ({r['device']}); d3fmt {r['version']}; torch {r['torch']}; "
-             f"{'smoke run (tiny sizes)' if r['smoke'] else 'full run'}; {r['seconds']:.0f} s in all.", ""]
-    t = r["tests"]
-    lines += ["## CUDA-only tests", "", f"`{t['command']}`: {t.get('passed', 0)} passed, {t.get('skipped', 0)} skipped, "
-              f"{t.get('failures', 0)} failed, {t.get('errors', 0)} errors (exit {t['returncode']}; {t['summary']})", ""]
-    lines += ["## D3Stream decode vs ResNet-18 training (images/s)", "",
-              f"| size | dtype | decode | ResNet-18 train | ratio (target >= {DECODE_TARGET:g}) |",
-              "|---|---|---|---|---|"]
-    for row in r["decode"]:
+             f"{'smoke run (tiny sizes)' if r['smoke'] else 'full run'}; {seconds}.", ""]
+    for name, section in (("tests", _md_tests), ("decode", _md_decode), ("distiller", _md_distiller),
+                          ("pack", _md_pack)):
+        value = r.get(name)
+        if isinstance(value, dict) and "error" in value:
+            lines += [f"## {name}", "", f"Failed: `{value['error']}`", ""]
+        elif value is not None:
+            lines += section(value)
+    return "\n".join(lines)
+
+
+def _md_tests(t: dict) -> list[str]:
+    return ["## CUDA-only tests", "", f"`{t['command']}`: {t.get('passed', 0)} passed, {t.get('skipped', 0)} skipped, "
+            f"{t.get('failures', 0)} failed, {t.get('errors', 0)} errors (exit {t['returncode']}; {t['summary']})", ""]
+
+
+def _md_decode(rows: list[dict]) -> list[str]:
+    lines = ["## D3Stream decode vs ResNet-18 training (images/s)", "",
+             f"| size | dtype | decode | ResNet-18 train | ratio (target >= {DECODE_TARGET:g}) |", "|---|---|---|---|---|"]
+    for row in rows:
         lines.append(f"| {row['size']} | {row['dtype']} | {row['decode_images_per_s']:,.0f} "
                      f"| {row['resnet18_train_images_per_s']:,.0f} | {row['ratio']:.1f} "
                      f"{'(met)' if row['target_met'] else '(not met)'} |")
-    d = r["distiller"]
-    lines += ["", f"## Distiller, `{d['preset']}` preset (width {d['convnet_width']}, "
-              f"{d['latents_per_class']} latents/class, {'x'.join(map(str, d['image_shape']))})", "",
-              f"MMD-only iteration {d['mmd_s_per_it']:.3f} s, MTT + MMD iteration {d['mtt_s_per_it']:.3f} s; "
-              f"the preset's {d['preset_iterations']} iterations ({d['preset_warmup']} warm-up) run at "
-              f"{d['preset_it_per_s']:.2f} it/s.", "", "| op (one MTT + MMD iteration) | ms | calls |", "|---|---|---|"]
-    lines += [f"| `{p['op']}` | {p['ms']:.1f} | {p['calls']} |" for p in d["profile"]]
-    p = r["pack"]
+    return lines + [""]
+
+
+def _md_distiller(d: dict) -> list[str]:
+    lines = [f"## Distiller, `{d['preset']}` preset (width {d['convnet_width']}, "
+             f"{d['latents_per_class']} latents/class, {'x'.join(map(str, d['image_shape']))})", "",
+             f"MMD-only iteration {d['mmd_s_per_it']:.3f} s, MTT + MMD iteration {d['mtt_s_per_it']:.3f} s; "
+             f"the preset's {d['preset_iterations']} iterations ({d['preset_warmup']} warm-up) run at "
+             f"{d['preset_it_per_s']:.2f} it/s.", "", "| op (one MTT + MMD iteration) | ms | calls |", "|---|---|---|"]
+    return lines + [f"| `{p['op']}` | {p['ms']:.1f} | {p['calls']} |" for p in d["profile"]] + [""]
+
+
+def _md_pack(p: dict) -> list[str]:
     acc = "not evaluated" if p["accuracy_mean"] is None else f"{100 * p['accuracy_mean']:.2f}%"
-    lines += ["", "## Pack + evaluate, budget 10", "", f"Source `{p['source']}`, settings `{json.dumps(p['settings'])}`: "
-              f"{p['file_bytes']:,} of {p['max_bytes']:,} bytes in {p['seconds']:.0f} s; final-model accuracy {acc}.", ""]
-    return "\n".join(lines)
+    return ["## Pack + evaluate, budget 10", "", f"Source `{p['source']}`, settings `{json.dumps(p['settings'])}`: "
+            f"{p['file_bytes']:,} of {p['max_bytes']:,} bytes in {p['seconds']:.0f} s; final-model accuracy {acc}.", ""]
 
 
 def fmnist_dir(given: str | None) -> str:
@@ -337,17 +354,29 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
-        report["tests"] = {"command": "skipped (--no-tests)", "summary": "not run", "returncode": 0} \
-            if args.no_tests else run_cuda_tests(work)
-        report["decode"] = run_decode(work, device, sizes)
-        report["distiller"] = run_distiller(source, work, device, sizes)
-        report["pack"] = run_pack(source, work, device, sizes)
+        steps = {"tests": lambda: run_cuda_tests(work), "decode": lambda: run_decode(work, device, sizes),
+                 "distiller": lambda: run_distiller(source, work, device, sizes),
+                 "pack": lambda: run_pack(source, work, device, sizes)}
+        if args.no_tests:
+            steps.pop("tests")
+        for name, step in steps.items():
+            try:
+                report[name] = step()
+            except Exception as exc:  # record it and go on: one failing step must not lose the others
+                report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            write_report(out, report)  # after every step: a run cut short keeps what it measured
     report["seconds"] = time.perf_counter() - t0
+    write_report(out, report)
+    print(f"wrote {out / 'gpu.json'} and {out / 'gpu.md'} ({report['seconds']:.0f} s)", file=sys.stderr)
+    failed = [k for k in steps if "error" in report[k] or (k == "tests" and report[k]["returncode"] not in (0, 5))]
+    if failed:
+        print(f"failed steps: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_report(out: Path, report: dict) -> None:
     (out / "gpu.json").write_text(json.dumps(report, indent=1))
     (out / "gpu.md").write_text(markdown(report))
-    print(f"wrote {out / 'gpu.json'} and {out / 'gpu.md'} ({report['seconds']:.0f} s)", file=sys.stderr)
-    return 0 if report["tests"]["returncode"] in (0, 5) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
