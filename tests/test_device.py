@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-# Touch a fresh 64 MiB tensor 8 times; count the page faults (first touches) it took.
+# Touch a fresh 64 MiB tensor 16 times; count the page faults (first touches) it took.
 PROBE = """
 import json, resource, sys, torch
 from d3fmt.device import tune_cpu_allocator
 applied = tune_cpu_allocator() if sys.argv[1] == "tune" else False
 again = tune_cpu_allocator() if sys.argv[1] == "tune" else False
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+for _ in range(16):
     t = torch.ones(16 * 2**20)
     del t
 print(json.dumps({"applied": applied, "again": again,
@@ -35,8 +35,10 @@ def test_tuned_allocator_reuses_freed_memory():
     plain, tuned = _probe("plain"), _probe("tune")
     assert tuned["applied"] and tuned["again"]  # applied once, and says so when asked again
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
-    assert plain["faults"] > 6 * pages  # every tensor faulted in afresh
-    assert tuned["faults"] < 3 * pages  # the first ones only: later ones reuse their memory
+    assert plain["faults"] > 15 * pages  # every one of the 16 tensors faulted in afresh
+    # the first few only (glibc's aligned allocations reuse a freed block once blocks have
+    # coalesced to a little more than the request: 2 to 6 tensors' worth were measured)
+    assert tuned["faults"] < 8 * pages
 
 
 def test_tuning_can_be_turned_off():
