@@ -89,12 +89,15 @@ def measure(args) -> dict:
     import torch
 
     import d3fmt
+    import d3fmt.device
     from d3fmt.distill.experts import ExpertConfig, train_experts
     from d3fmt.distill.job import load_subset, prepare
     from d3fmt.distill.settings import pack_config
     from d3fmt.distill.trainer import distill
     from d3fmt.models.decoder import DecoderConfig
 
+    tune = getattr(d3fmt.device, "tune_cpu_allocator", None)  # what `d3 pack` does first, where it exists
+    tuned = bool(tune and tune())
     work = Path(args.work)
     name, budget = args.source.split(":")
     cfg = pack_config(_source(name, work), str(work / "out.d3"), budget=float(budget), preset="fast", device="cpu",
@@ -128,7 +131,7 @@ def measure(args) -> dict:
                    "images_per_s": keep.numel() * args.expert_epochs / (t1 - t0)},
         "mmd_iteration": mmd, "mtt_iteration": mtt,
         "pack_it_s": PACK_ITERATIONS / pack_s, "pack_it_per_cpu_s": PACK_ITERATIONS / pack_cpu,
-        "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()),
+        "allocator_tuned": tuned, "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
