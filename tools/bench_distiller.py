@@ -166,6 +166,8 @@ def _median(runs: list[dict], *keys) -> float:
 def _summary(runs: dict[str, list[dict]]) -> dict:
     rows = {}
     for label, rs in runs.items():
+        if not rs:
+            continue
         rows[label] = {
             "mmd_s": _median(rs, "mmd_iteration", "wall_s"), "mmd_cpu_s": _median(rs, "mmd_iteration", "cpu_s"),
             "mtt_s": _median(rs, "mtt_iteration", "wall_s"), "mtt_cpu_s": _median(rs, "mtt_iteration", "cpu_s"),
