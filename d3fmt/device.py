@@ -1,10 +1,16 @@
 """Which torch device a run uses: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> torch.device.
 
 Shared by the distiller, `d3 eval` and the baselines; it lives outside the distiller so
-that evaluating a file does not import it.
+that evaluating a file does not import it. Also here: :func:`tune_cpu_allocator`, the
+malloc settings that CPU training runs faster with.
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
 
 import torch
 
@@ -25,3 +31,43 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name} does not exist: {torch.cuda.device_count()} GPU(s) are visible "
                           f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); use one of them or --device auto")
     return device
+
+
+# ---------------------------------------------------------------------------------------
+# CPU allocator: keep freed memory for reuse instead of returning it to the kernel.
+# ---------------------------------------------------------------------------------------
+
+M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 2**31 - 1  # keep up to 2 GiB of free memory at the top of the heap
+_tuned: list[bool] = []  # set once tune_cpu_allocator() has run in this process
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc's malloc reuse freed memory for the large tensors of CPU training.
+
+    glibc serves every allocation above 128 KiB to 32 MiB by a fresh ``mmap`` and gives
+    it back on free, so each new activation tensor (the unrolled student's are ~100 MB at
+    28 px and 1,000 samples) is zeroed page by page by the kernel on first touch: that
+    page faulting was about a third of a CPU distillation iteration. With mmap off
+    (``M_MMAP_MAX`` 0) and a high trim threshold, freed blocks stay in the heap and are
+    reused, as a caching allocator (jemalloc, tcmalloc, CUDA's) would. Process-wide, so
+    `d3 pack` calls it (once) for CPU runs; peak memory is unchanged, but memory freed
+    after the peak is kept by the process. ``D3FMT_MALLOC_TUNING=0`` turns it off.
+    Returns whether the settings were applied (False off glibc or when turned off).
+    """
+    if _tuned:
+        return _tuned[0]
+    _tuned.append(_apply_mallopt())
+    return _tuned[0]
+
+
+def _apply_mallopt() -> bool:
+    if not sys.platform.startswith("linux") or os.environ.get("D3FMT_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(M_MMAP_MAX, 0))

@@ -291,7 +291,9 @@ def _train_one(x, y, netcfg: ConvNetConfig, cfg: ExpertConfig, index: int, devic
     batch = expert_batch_size(cfg, n)
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=g).to(x.device)
-        loss_sum, correct = 0.0, 0
+        # summed on the device and read once per epoch: no host sync per step on CUDA
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
         for start in range(0, n, batch):
             idx = perm[start : start + batch]
             xb, yb = _augment(x[idx], cfg, g), y[idx]
@@ -300,10 +302,10 @@ def _train_one(x, y, netcfg: ConvNetConfig, cfg: ExpertConfig, index: int, devic
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss.detach()) * idx.numel()
-            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += loss.detach().double() * idx.numel()
+            correct += (logits.argmax(1) == yb).sum()
         traj.append(flatten_params(net).cpu())
-        info = {"loss": loss_sum / n, "train_accuracy": correct / n}
+        info = {"loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
         if not math.isfinite(info["loss"]):
             raise TrainingError(f"expert {index} diverged (loss {info['loss']}); lower the expert lr")
         _report(progress, index, epoch, info)
