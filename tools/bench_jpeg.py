@@ -42,7 +42,10 @@ import numpy as np
 from bench_scale import SETTINGS
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
-PACK_SETTINGS = {**SETTINGS, "pretrain_steps": 2}   # bench_scale's tiny settings, a 2-step autoencoder stage
+# bench_scale's tiny settings, a 2-step autoencoder stage, and per-iteration batches bounded in classes
+# (MMD over 32 random classes, 256 samples per inner step) so that a 1000-class subtask's compute
+# does not grow with its class count: memory then follows its uint8 images.
+PACK_SETTINGS = {**SETTINGS, "pretrain_steps": 2, "mmd_classes": 32, "batch_syn": 256}
 TEXTURES = 48
 SIZE = 64
 
