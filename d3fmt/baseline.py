@@ -158,7 +158,7 @@ def _open(cfg: BaselineConfig):
     if cfg.test is None:
         if not info.num_test:
             raise ConfigError(f"{cfg.source} has no test split; pass --test SRC")
-        tx, ty = source.load("test")
+        tx, ty = source.view("test")
         test = TestSet(tx, np.asarray(ty, np.int64), f"{cfg.source} test split ({len(ty)} images)")
     else:
         # SRC itself as --test: its own test split or holdout, never the training images.

@@ -169,7 +169,7 @@ def build_model(cfg: EvalConfig, channels: int, num_classes: int, image_size: in
 class TestSet:
     """Real labelled test images, already at the evaluated image size."""
 
-    x: np.ndarray  # [N, C, H, W] uint8
+    x: np.ndarray  # [N, C, H, W] uint8 (or a cached split's SplitView, read per batch)
     y: np.ndarray  # [N] int64
     name: str  # what evaluation records call it
 
@@ -199,7 +199,7 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
         raise ConfigError(f"test source {spec} has {info.image_shape[0]} channel(s) but the training images "
                           f"have {c}; give a test set with {c}-channel images")
     if info.num_test:
-        x, y = probe.load("test")
+        x, y = probe.view("test")
         name = f"{spec} test split ({len(y)} images)"
     elif train_hash is not None and info.content_hash == train_hash:
         fraction = DEFAULT_HOLDOUT if holdout is None else float(holdout)
@@ -207,12 +207,12 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
             raise ConfigError(f"{spec} is the training data itself and has no held-out split; "
                               "give a separate --test source")
         split = open_source(spec, image_size=h, holdout=fraction, seed=seed, cache=cache)
-        x, y = split.load("test")
+        x, y = split.view("test")
         name = f"{spec} held-out {fraction:g} of train, seed {seed} ({len(y)} images)"
     else:
-        x, y = probe.load("train")
+        x, y = probe.view("train")
         name = f"all of {spec} ({len(y)} images)"
-    return TestSet(np.ascontiguousarray(x), np.asarray(y, dtype=np.int64), name)
+    return TestSet(x, np.asarray(y, dtype=np.int64), name)  # x: an array, or a cached split read per batch
 
 
 # ---------------------------------------------------------------------------------------

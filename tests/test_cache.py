@@ -251,3 +251,29 @@ def test_pack_from_the_cache_equals_pack_from_the_tree_and_decodes_nothing(tmp_p
                                    "--cache-dir", str(tmp_path / "w2" / "sources")])
     assert ev.exit_code == 0, ev.output
     assert decodes["n"] == 0
+
+
+def test_cached_split_view_streams_slices_equal_to_load(tmp_path, decodes):
+    from d3fmt.evaluate import test_accuracy
+    from d3fmt.models.convnet import ConvNet, ConvNetConfig
+    from d3fmt.sources.base import SplitView
+
+    root = _jpeg_tree(tmp_path / "tree", classes=3, per_class=5, val=4)
+    _truncate(root / "val" / "class1" / "002.jpg")
+    cfg = CacheConfig(tmp_path / "cache", workers=1)
+    skipping = open_source(str(root), image_size=12, cache=cfg, skip_bad=True)
+    view, vy = skipping.view("test")
+    x, y = skipping.load("test")
+    assert isinstance(view, SplitView) and view.shape == x.shape == (11, 3, 12, 12) and len(view) == 11
+    assert np.array_equal(vy, y) and np.array_equal(view[0:11], x) and np.array_equal(view[3:7], x[3:7])
+    assert view[20:30].shape == (0, 3, 12, 12)
+    with pytest.raises(TypeError, match="slices"):
+        view[2]
+    net = ConvNet(ConvNetConfig(channels=3, num_classes=3, image_size=12, width=4, depth=1))
+    assert test_accuracy(net, view, vy, (0.5,) * 3, (0.5,) * 3, "cpu", batch_size=4) == \
+        test_accuracy(net, x, y, (0.5,) * 3, (0.5,) * 3, "cpu", batch_size=11)
+    with pytest.raises(SourceError, match=r"cannot decode image .*002\.jpg"):
+        open_source(str(root), image_size=12, cache=cfg).view("test")   # strict: at once, not mid-evaluation
+    plain = open_source(str(root / "train"), image_size=12)   # not cached: load()'s arrays
+    tx, ty = plain.view("train")
+    assert isinstance(tx, np.ndarray) and np.array_equal(ty, plain.load("train")[1])

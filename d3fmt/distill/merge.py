@@ -302,7 +302,7 @@ def finish(container: D3Container, cfg: PackConfig, source, device, run_dir: Pat
     fit_to_cap(container, max_bytes - EVAL_RESERVE)
     evaluation = None
     if cfg.evaluation is not None:
-        test_x, test_y = source.load("test")  # once, for the file and for the codecs
+        test_x, test_y = source.view("test")  # streamed in batches from a cached source
         evaluation = evaluate_pending(container, test_x, test_y, cfg, device, run_dir)
         info = source.info
         record = evaluation.record(f"{info.name} [test split, {info.num_test} images]")

@@ -228,10 +228,47 @@ class Source:
             n += len(got)
         return x[:n], y[:n]
 
+    def view(self, split: str = "test", classes=None) -> SplitView | tuple[np.ndarray, np.ndarray]:
+        """A split for batch-wise reading: on a cached source (parts that can read any
+        records cheaply: ``Part.random_access``) a :class:`SplitView` whose slices are read
+        when asked for, so a test split is streamed in batches, never held; elsewhere
+        :meth:`load`'s arrays. Either way ``(images, labels)`` with ``len``, ``shape`` and
+        ``images[a:b]`` -> uint8 [b - a, C, H, W]."""
+        part, ids = self._records(split, classes)
+        if not getattr(part, "random_access", False):
+            return self.load(split, classes)
+        ids = part.drop_bad(ids, self._bad)   # strict: raises now, as a full read would
+        return SplitView(part, ids, self.info.image_shape), part.labels[ids]
+
     def class_counts(self, split: str = "train") -> np.ndarray:
         """Records per class (int64 [num_classes]); bad images not yet found are counted."""
         part, ids = self._records(split, None)
         return np.bincount(part.labels[ids], minlength=self.info.num_classes).astype(np.int64)
+
+
+class SplitView:
+    """uint8 images [N, C, H, W] of one split read a slice at a time from a random-access
+    part (the decoded-image cache): ``len``, ``shape``, ``dtype`` and ``view[a:b]``."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, part: Part, ids: np.ndarray, image_shape):
+        self.part, self.ids = part, ids
+        self.shape = (len(ids), *(int(v) for v in image_shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        if not isinstance(s, slice):
+            raise TypeError("a SplitView is read by slices: view[a:b]")
+        ids = self.ids[s]
+        out = np.empty((len(ids), *self.shape[1:]), dtype=np.uint8)   # [n, C, H, W]
+        n = 0
+        for got, images in self.part.read(ids, max(1, len(ids)), BadImages(skip=False)):
+            out[n:n + len(got)] = images
+            n += len(got)
+        return out
 
 
 @dataclass

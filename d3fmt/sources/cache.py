@@ -371,6 +371,18 @@ class CachedPart(Part):
         self.bad = bad
         self.bad_ids = np.asarray(sorted(bad), dtype=np.int64)
 
+    random_access = True   # any records are one pread per run: Source.view streams from here
+
+    def drop_bad(self, ids: np.ndarray, bad: BadImages) -> np.ndarray:
+        """``ids`` without the unreadable records, each handled by the policy ``bad``
+        (strict: a SourceError naming the first)."""
+        if not self.bad_ids.size:
+            return ids
+        hit = np.isin(ids, self.bad_ids)
+        for i in ids[hit].tolist():
+            bad.handle(self.bad[i].where, ImageDecodeError(self.bad[i].reason))
+        return ids[~hit]
+
     @property
     def images(self) -> np.ndarray:
         """All records as a read-only memory map, uint8 [N, C, S, S] (bad ones are zeros)."""
@@ -381,11 +393,7 @@ class CachedPart(Part):
 
     def read(self, ids: np.ndarray, chunk: int, bad: BadImages
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.bad_ids.size:
-            hit = np.isin(ids, self.bad_ids)
-            for i in ids[hit].tolist():
-                bad.handle(self.bad[i].where, ImageDecodeError(self.bad[i].reason))
-            ids = ids[~hit]
+        ids = self.drop_bad(ids, bad)
         try:
             with open(self.path, "rb", buffering=0) as f:
                 for lo in range(0, len(ids), chunk):
