@@ -43,3 +43,15 @@ def test_tuned_allocator_reuses_freed_memory():
 
 def test_tuning_can_be_turned_off():
     assert _probe("tune", D3FMT_MALLOC_TUNING="0")["applied"] is False
+
+
+def test_tuning_scoped_to_a_block_applies_on_cpu_only():
+    from d3fmt.device import cpu_allocator_tuned
+
+    with cpu_allocator_tuned("cuda") as applied:
+        assert applied is False
+    if sys.platform.startswith("linux") and os.environ.get("D3FMT_MALLOC_TUNING", "1") != "0":
+        with cpu_allocator_tuned("cpu") as applied:
+            assert applied is True
+        with cpu_allocator_tuned("cpu") as again:   # restored after the block: applies again
+            assert again is True

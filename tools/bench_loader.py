@@ -193,7 +193,7 @@ def describe_d3(path: str, spec: PackSpec) -> D3File:
                   round(decode_mflop(cfg), 2))  # fmt: skip
 
 
-def setup_size(work: str, pack_dir: str, side: int, channels: int, count: int) -> SizeSetup:
+def setup_size(work: str, pack_dir: str, side: int, channels: int, count: int, targets_only=False) -> SizeSetup:
     images, labels, source = real_images(count)
     pixels = to_size(images, labels, side, channels)
     png_dir = os.path.join(work, f"png{side}")
@@ -201,7 +201,8 @@ def setup_size(work: str, pack_dir: str, side: int, channels: int, count: int) -
     npy_path = os.path.join(work, f"mem{side}.npy")
     np.save(npy_path, np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), allow_pickle=False)  # [N, C, H, W]
     src = pack_source(pack_dir, side, channels)
-    files = [pack_bench_d3(pack_dir, src, side, spec) for spec in PACKS[side]]
+    specs = [s for s in PACKS[side] if s.max_decode_mflop is None or not targets_only]
+    files = [pack_bench_d3(pack_dir, src, side, spec) for spec in specs]
     return SizeSetup(side, channels, count, files, png_dir, png_bytes, npy_path, source)
 
 
@@ -633,6 +634,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="times each training sequence runs (medians reported)")
     p.add_argument("--training-only", action="store_true", help="only the training rows (no loading/decoding rows)")
     p.add_argument("--name", default="loader", help="output basename: benchmarks/NAME.json + NAME.md")
+    p.add_argument("--targets-only", action="store_true",
+                   help="only the files the targets name: each budget at the default decode cap")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # one Job as JSON, run in this process
     p.add_argument("--measure-decode", help=argparse.SUPPRESS)  # a .d3 path: decode_paths in this process
     args = p.parse_args()
@@ -673,7 +676,7 @@ def run_all(args) -> dict:
             if side not in args.sizes:
                 continue
             print(f"setting up {side}x{side}x{channels} ...", file=sys.stderr)
-            setup = setup_size(work, pack_dir, side, channels, counts[side])
+            setup = setup_size(work, pack_dir, side, channels, counts[side], args.targets_only)
             results = [] if args.training_only else pass_rows(setup, args, record["environment"]["cpu_bf16"])
             if torch.cuda.is_available() and not args.training_only:
                 for f in setup.d3:

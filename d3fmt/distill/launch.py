@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from d3fmt import errors
-from d3fmt.device import resolve_device, tune_cpu_allocator
+from d3fmt.device import resolve_device
 from d3fmt.distill import merge as merging
 from d3fmt.distill.job import PackContext, PackResult, prepare
 from d3fmt.distill.settings import RUN_ONLY_FIELDS, PackConfig, config_from_settings, config_to_json
@@ -65,7 +65,6 @@ def _merge_local(ctx: PackContext, paths: list[Path], device, ids: list[int]) ->
 def pack(cfg: PackConfig) -> PackResult:
     """Run `d3 pack`: all subtasks here (one device or one worker per device), one subtask
     (``cfg.subtask``: a partial container), or this rank's share under torchrun."""
-    tune_cpu_allocator()  # process-wide; a no-op for CUDA tensors (see d3fmt.device)
     env = DistEnv.from_environ()
     if env is not None:
         if cfg.subtask is not None:
@@ -173,7 +172,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tune_cpu_allocator()
     status = Path(args.status)
     try:
         settings = json.loads(Path(args.config).read_text())

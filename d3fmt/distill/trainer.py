@@ -60,7 +60,7 @@ import torch
 from safetensors import safe_open
 
 from d3fmt.augment import DSAParams, dsa, random_seed
-from d3fmt.device import tune_cpu_allocator
+from d3fmt.device import cpu_allocator_tuned
 from d3fmt.distill.autoencoder import AutoencoderConfig, Pretrained
 from d3fmt.distill.experts import Trajectories
 from d3fmt.distill.mmd import BANDWIDTHS, mmd2
@@ -209,8 +209,13 @@ def distill(
     :func:`d3fmt.distill.autoencoder.pretrain`) instead of a random decoder and N(0, I).
     """
     device = torch.device(device)
-    if device.type == "cpu":
-        tune_cpu_allocator()  # reuse freed activation memory (see d3fmt.device)
+    with cpu_allocator_tuned(device):  # reuse freed activation memory in this loop (see d3fmt.device)
+        return _distill(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device,
+                        checkpoint_dir, resume, progress, init)
+
+
+def _distill(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device,
+             checkpoint_dir, resume, progress, init) -> DistillResult:
     task = _make_task(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device)
     state = _init_state(task, decoder_cfg, init)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
