@@ -96,8 +96,11 @@ def measure(args) -> dict:
     from d3fmt.distill.trainer import distill
     from d3fmt.models.decoder import DecoderConfig
 
-    tune = getattr(d3fmt.device, "tune_cpu_allocator", None)  # what `d3 pack` does first, where it exists
-    tuned = bool(tune and tune())
+    # `d3 pack` tunes the allocator inside distill() only (d3fmt.device.cpu_allocator_tuned), which
+    # distill() below does by itself; older code tuned the whole process first
+    scoped = hasattr(d3fmt.device, "cpu_allocator_tuned")
+    tune = None if scoped else getattr(d3fmt.device, "tune_cpu_allocator", None)
+    tuned = "distill loop" if scoped else bool(tune and tune())
     work = Path(args.work)
     name, budget = args.source.split(":")
     cfg = pack_config(_source(name, work), str(work / "out.d3"), budget=float(budget), preset="fast", device="cpu",
