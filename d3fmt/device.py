@@ -56,7 +56,9 @@ def tune_cpu_allocator() -> bool:
     reused, as a caching allocator (jemalloc, tcmalloc, CUDA's) would. Process-wide and
     for good: memory freed after the peak is kept by the process, and kept fragments add
     to later peaks, so `d3 pack` applies it only around the distillation loop
-    (:func:`cpu_allocator_tuned`). ``D3FMT_MALLOC_TUNING=0`` turns it off.
+    (:func:`cpu_allocator_tuned`). Off unless ``D3FMT_MALLOC_TUNING=1``: on the 1000-class
+    JPEG bench it raised a pack's peak RSS from 1.33 to 1.53 GB (benchmarks/scale-jpeg.md)
+    for 1.3-1.5x faster CPU distillation iterations (benchmarks/distiller.md).
     Returns whether the settings were applied (False off glibc or when turned off).
     """
     if _tuned:
@@ -66,7 +68,7 @@ def tune_cpu_allocator() -> bool:
 
 
 def _apply_mallopt() -> bool:
-    if not sys.platform.startswith("linux") or os.environ.get("D3FMT_MALLOC_TUNING", "1") == "0":
+    if not sys.platform.startswith("linux") or os.environ.get("D3FMT_MALLOC_TUNING", "0") != "1":
         return False
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt

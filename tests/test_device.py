@@ -32,7 +32,7 @@ def _probe(mode: str, **env) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_tuned_allocator_reuses_freed_memory():
-    plain, tuned = _probe("plain"), _probe("tune")
+    plain, tuned = _probe("plain"), _probe("tune", D3FMT_MALLOC_TUNING="1")
     assert tuned["applied"] and tuned["again"]  # applied once, and says so when asked again
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert plain["faults"] > 15 * pages  # every one of the 16 tensors faulted in afresh
@@ -41,16 +41,18 @@ def test_tuned_allocator_reuses_freed_memory():
     assert tuned["faults"] < 8 * pages
 
 
-def test_tuning_can_be_turned_off():
+def test_tuning_is_off_unless_asked_for():
     assert _probe("tune", D3FMT_MALLOC_TUNING="0")["applied"] is False
+    assert _probe("tune", D3FMT_MALLOC_TUNING="")["applied"] is False
 
 
-def test_tuning_scoped_to_a_block_applies_on_cpu_only():
+def test_tuning_scoped_to_a_block_applies_on_cpu_only(monkeypatch):
     from d3fmt.device import cpu_allocator_tuned
 
+    monkeypatch.setenv("D3FMT_MALLOC_TUNING", "1")
     with cpu_allocator_tuned("cuda") as applied:
         assert applied is False
-    if sys.platform.startswith("linux") and os.environ.get("D3FMT_MALLOC_TUNING", "1") != "0":
+    if sys.platform.startswith("linux"):
         with cpu_allocator_tuned("cpu") as applied:
             assert applied is True
         with cpu_allocator_tuned("cpu") as again:   # restored after the block: applies again
