@@ -71,11 +71,18 @@ def _apply_mallopt() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get("D3FMT_MALLOC_TUNING", "0") != "1":
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        libc = _libc()
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(M_MMAP_MAX, 0))
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(libc.mallopt(M_MMAP_MAX, 0))
+
+
+def _libc():
+    """glibc with ``mallopt`` and ``malloc_trim`` typed (AttributeError where they are missing)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return libc
 
 
 @contextlib.contextmanager
@@ -95,9 +102,7 @@ def cpu_allocator_tuned(device):
 
 
 def _restore_mallopt() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    libc = _libc()
     libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
     libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-    libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
     libc.malloc_trim(0)

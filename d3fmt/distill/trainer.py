@@ -199,7 +199,8 @@ def distill(
     progress=None,
     init: Pretrained | None = None,
 ) -> DistillResult:
-    """Distil one class subset: x float32 [N, C, H, W] normalised, y int64 [N] in 0..K-1.
+    """Distil one class subset: x [N, C, H, W] normalised (float32, or uint8
+    :class:`d3fmt.pixels.Pixels` normalised per batch), y int64 [N] in 0..K-1.
 
     ``progress``: a tqdm-like object (``update(1)`` + ``set_postfix(losses)``) or a
     callable ``progress(iteration, losses)``. With ``checkpoint_dir`` a checkpoint is
@@ -209,13 +210,6 @@ def distill(
     :func:`d3fmt.distill.autoencoder.pretrain`) instead of a random decoder and N(0, I).
     """
     device = torch.device(device)
-    with cpu_allocator_tuned(device):  # reuse freed activation memory in this loop (see d3fmt.device)
-        return _distill(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device,
-                        checkpoint_dir, resume, progress, init)
-
-
-def _distill(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device,
-             checkpoint_dir, resume, progress, init) -> DistillResult:
     task = _make_task(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device)
     state = _init_state(task, decoder_cfg, init)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -223,13 +217,14 @@ def _distill(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cf
     if resume and ckpt is not None and ckpt.exists():
         _load_checkpoint(ckpt, state, key, cfg.iterations)
     t0 = time.perf_counter()
-    while state.iteration < cfg.iterations:
-        losses = _iteration(task, state)
-        state.history.append([losses[k] for k in LOSS_KEYS])
-        _report(progress, state.iteration, losses)
-        done = state.iteration
-        if ckpt is not None and (done == cfg.iterations or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-            _save_checkpoint(ckpt, state, key)
+    with cpu_allocator_tuned(device):  # reuse freed activation memory in this loop (see d3fmt.device)
+        while state.iteration < cfg.iterations:
+            losses = _iteration(task, state)
+            state.history.append([losses[k] for k in LOSS_KEYS])
+            _report(progress, state.iteration, losses)
+            done = state.iteration
+            if ckpt is not None and (done == cfg.iterations or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                _save_checkpoint(ckpt, state, key)
     return _result(state, time.perf_counter() - t0)
 
 

@@ -32,8 +32,8 @@ Rules:
 - Bad images are recorded, not raised, while building; reading applies the source's
   policy (``skip_bad``): the same SourceError naming the file as the raw source, or a
   skip counted in ``Source.skipped``.
-- Reads use ``pread`` into fresh arrays (no mapping stays resident); ``CachedPart.images``
-  is the read-only memory map for callers that want zero-copy access.
+- Reads use ``pread`` into fresh arrays (no mapping stays resident); ``Source.view``
+  reads a cached split a slice at a time.
 - Identity is the source's content hash: on a source above 64 MiB an edit that keeps
   every file's size is not seen (delete the entry, or use another ``--cache-dir``).
 """
@@ -382,11 +382,6 @@ class CachedPart(Part):
         for i in ids[hit].tolist():
             bad.handle(self.bad[i].where, ImageDecodeError(self.bad[i].reason))
         return ids[~hit]
-
-    @property
-    def images(self) -> np.ndarray:
-        """All records as a read-only memory map, uint8 [N, C, S, S] (bad ones are zeros)."""
-        return np.load(self.path, mmap_mode="r")
 
     def where(self, i: int) -> str:
         return self.bad[i].where if i in self.bad else f"{self.path}[{i}]"
