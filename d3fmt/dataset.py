@@ -5,19 +5,23 @@ Sampling contract (the same for both, and for ``d3 sample`` / ``d3 export``):
     n   = samples per class (default: the header's ``samples_per_class``)
     sel = the selected classes, in the order given (default: all classes of the file, ascending)
     L_c = latents (priors) per class c
+    A_c = anchors of class c (format 1.2; 0 without anchors)
 
-    P_c = 2 * L_c with include_means (each mean once, then each prior drawn once), else L_c
+    P_c = A_c + 2 * L_c with include_means (each mean once, then each prior drawn once), else A_c + L_c
     u   = j                       when n >= P_c
-          (j + epoch * n) % P_c   when n <  P_c (epochs take turns, so every prior is used)
-    item i  ->  class c = sel[i // n],  slot j = i % n,  prior l = u % L_c
-    with include_means, the items with u < L_c are the prior means (eps = 0)
+          (j + epoch * n) % P_c   when n <  P_c (epochs take turns, so every component is used)
+    item i  ->  class c = sel[i // n],  slot j = i % n
+    u % P_c < A_c: the item is anchor u % P_c of class c, image = its stored pixels / 255
+    else prior l = (u - A_c) % L_c; with include_means, the items with A_c <= u < A_c + L_c
+             are the prior means (eps = 0)
     eps     =  noise.gaussian(seed, epoch, index = c * 2**24 + j, z_dim)
     z       =  mu[c, l] + exp(logvar[c, l] / 2) * eps
     image   =  (G(z) + 1) / 2                  pixels in [0, 1] (ToTensor convention)
              or (image - mean) / std           with normalize=True (header normalization)
     label   =  c, or the prior's soft-label vector with labels="soft", or with
                labels="teacher" the stored teacher's softmax(teacher(normalised image) / T)
-               for this very sample (d3fmt.teacher)
+               for this very sample (d3fmt.teacher); labels="auto" (the default) is
+               "teacher" when the file stores a teacher, else "hard"
 
 So sample i of epoch e with seed s is one fixed tensor: read alone, in any batch, in any
 order, with any number of DataLoader workers or ranks, in any process (up to float
@@ -44,11 +48,11 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from d3fmt.errors import ConfigError
 from d3fmt.noise import gaussian
-from d3fmt.representation import Representation, normalize, tanh_to_unit
+from d3fmt.representation import Representation, normalize
 from d3fmt.seeds import mix_seed
 
 CLASS_STRIDE = 1 << 24  # noise index = class * CLASS_STRIDE + slot
-LABEL_MODES = ("hard", "soft", "teacher")
+LABEL_MODES = ("auto", "hard", "soft", "teacher")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class SamplingPlan:
     samples_per_class: int  # n
     latents: list[int]  # L of each selected class, aligned with `classes`
     include_means: bool
+    anchors: list[int] | None = None  # A of each selected class (None: no anchors)
 
     def __len__(self) -> int:
         return len(self.classes) * self.samples_per_class
@@ -71,12 +76,16 @@ class SamplingPlan:
         lat = torch.as_tensor(self.latents, dtype=torch.int64, device=device)  # [K_sel]
         k, slot = index // self.samples_per_class, index % self.samples_per_class
         lpc = lat[k]
-        period = 2 * lpc if self.include_means else lpc  # P_c
+        anchors = torch.as_tensor(self.anchors or [0] * len(self.classes), dtype=torch.int64, device=device)[k]
+        period = anchors + (2 * lpc if self.include_means else lpc)  # P_c
         n = self.samples_per_class
         u = torch.where(period > n, (slot + int(epoch) * n) % period, slot)
-        is_mean = u < lpc if self.include_means else torch.zeros_like(slot, dtype=torch.bool)
+        v = u - anchors  # position among the priors
+        is_mean = (v >= 0) & (v < lpc) if self.include_means else torch.zeros_like(slot, dtype=torch.bool)
         cls = sel[k]
-        return Draw(cls=cls, slot=slot, prior=u % lpc, is_mean=is_mean, counter=cls * CLASS_STRIDE + slot)
+        wrapped = u % period
+        component = torch.where(wrapped < anchors, wrapped, anchors + v % lpc.clamp(min=1))
+        return Draw(cls=cls, slot=slot, prior=component, is_mean=is_mean, counter=cls * CLASS_STRIDE + slot)
 
 
 @dataclass
@@ -85,7 +94,7 @@ class Draw:
 
     cls: torch.Tensor  # int64 class index
     slot: torch.Tensor  # int64 slot j within the class
-    prior: torch.Tensor  # int64 latent index l
+    prior: torch.Tensor  # int64 mixture component: anchor u < A_c, else prior A_c + l
     is_mean: torch.Tensor  # bool: decode the prior mean (eps = 0)
     counter: torch.Tensor  # int64 noise index
 
@@ -97,7 +106,9 @@ class SampleOptions:
     samples_per_class: int | None = None  # None: the header's samples_per_class
     seed: int = 0
     epoch: int = 0
-    labels: str = "hard"  # "hard" (class index) | "soft" (stored soft-label vector) | "teacher" (stored teacher)
+    # "auto" (the stored teacher when there is one, else hard) | "hard" (class index) | "soft" (stored
+    # soft-label vector) | "teacher" (stored teacher); make_plan resolves "auto"
+    labels: str = "auto"
     include_means: bool = False
     classes: list[int] | None = None  # None: all classes
     normalize: bool = False  # False: pixels in [0, 1]; True: (x - mean) / std
@@ -114,9 +125,14 @@ def open_representation(path, device="cpu", dtype=torch.float32, classes=None) -
 def make_plan(rep: Representation, options: SampleOptions) -> SamplingPlan:
     """Validate the options against the file and fix the item -> draw mapping."""
     if options.labels not in LABEL_MODES:
-        raise ConfigError(f"labels={options.labels!r} is unknown; use 'hard', 'soft' or 'teacher'")
+        raise ConfigError(f"labels={options.labels!r} is unknown; use 'auto', 'hard', 'soft' or 'teacher'")
+    if options.labels == "auto":
+        options.labels = "teacher" if rep.has_teacher else "hard"
     if options.labels == "soft" and not rep.has_soft:
         raise ConfigError("this file stores no soft labels; use labels='hard'")
+    if options.labels == "soft" and rep.anchors.classes:
+        raise ConfigError("stored soft labels cover latent priors, and this file holds anchors; use labels='teacher' "
+                          "or 'hard'")
     if options.labels == "teacher":
         if not rep.has_teacher:
             raise ConfigError("this file stores no teacher; use labels='hard'")
@@ -127,12 +143,18 @@ def make_plan(rep: Representation, options: SampleOptions) -> SamplingPlan:
         raise ConfigError(f"classes must be distinct class indices held by the file (0..{rep.num_classes - 1}); got {options.classes}")
     n = options.samples_per_class
     if n is None:
-        n = int(rep.header.get("samples_per_class") or max(rep.latents_per_class(c) for c in classes))
+        n = int(rep.header.get("samples_per_class") or max(_components(rep, c) for c in classes))
     if not isinstance(n, int) or not 1 <= n < CLASS_STRIDE:
         raise ConfigError(f"samples_per_class={n!r} must be an integer in [1, {CLASS_STRIDE})")
     if options.normalize:
         rep.normalization  # raises FormatError now rather than at the first sample
-    return SamplingPlan(classes, n, [rep.latents_per_class(c) for c in classes], options.include_means)
+    anchors = [rep.anchors_per_class(c) for c in classes]
+    return SamplingPlan(classes, n, [rep.latents_per_class(c) for c in classes], options.include_means,
+                        anchors if any(anchors) else None)
+
+
+def _components(rep: Representation, cls: int) -> int:
+    return rep.anchors_per_class(cls) + rep.latents_per_class(cls)
 
 
 def decode_items(rep: Representation, plan: SamplingPlan, options: SampleOptions, index: torch.Tensor):
@@ -144,9 +166,7 @@ def decode_items(rep: Representation, plan: SamplingPlan, options: SampleOptions
     eps = gaussian(options.seed, options.epoch, draw.counter, rep.z_max, device=rep.device)  # [N, z]
     if plan.include_means:
         eps = eps.masked_fill(draw.is_mean[:, None], 0.0)
-    t = rep.decode(draw.cls, draw.prior, eps)  # [N, C, H, W] tanh space (inference tensor)
-    # Out-of-place ops outside inference mode give ordinary tensors, usable with autograd.
-    images = tanh_to_unit(t)
+    images = rep.pixels(draw.cls, draw.prior, eps)  # [N, C, H, W] in [0, 1]
     normalized = normalize(images, *rep.normalization) if options.normalize or options.labels == "teacher" else None
     if options.normalize:
         images = normalized
@@ -184,7 +204,7 @@ class D3Dataset(Dataset):
         seed: int = 0,
         epoch: int = 0,
         transform=None,
-        labels: str = "hard",
+        labels: str = "auto",
         include_means: bool = False,
         classes=None,
         normalize: bool = False,
@@ -270,7 +290,7 @@ class D3Stream(IterableDataset):
         samples_per_class: int | None = None,
         seed: int = 0,
         epoch: int = 0,
-        labels: str = "hard",
+        labels: str = "auto",
         include_means: bool = False,
         classes=None,
         normalize: bool = False,

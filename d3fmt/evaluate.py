@@ -45,6 +45,9 @@ from d3fmt.pixels import Pixels
 from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
+# The training recipes every method is measured under (benchmarks/fmnist-recipes.md): the
+# augmentation of every batch. A method is reported at its better one.
+RECIPES = {"plain": "crop_flip", "dsa": REFERENCE_STRATEGY}
 LABEL_CHOICES = ("auto", "hard", "soft", "teacher")
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
@@ -236,11 +239,11 @@ class StreamEpochs:
     ``D3Dataset(path, samples_per_class, seed=seed, labels=..., include_means=soft,
     normalize=True)`` yields after ``set_epoch(epoch)``."""
 
-    def __init__(self, rep: Representation, cfg: EvalConfig, seed: int):
+    def __init__(self, rep: Representation, cfg: EvalConfig, seed: int, labels: str | None = None):
         from d3fmt.dataset import SampleOptions, make_plan
 
         self.rep = rep
-        mode = label_mode(rep, cfg.labels)
+        mode = labels or label_mode(rep, cfg.labels)
         self.options = SampleOptions(samples_per_class=cfg.samples_per_class, seed=seed,
                                      labels=mode, include_means=mode == "soft", normalize=True)
         self.plan = make_plan(rep, self.options)
@@ -280,13 +283,16 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progress=None) -> torch.nn.Module:
+def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progress=None,
+                labeller=None) -> torch.nn.Module:
     """SGD with momentum and weight decay, lr / 10 at half; DSA on every batch.
 
     Sees training data only: no test data is passed in, so nothing can be selected on it.
     ``cfg.epochs`` passes over ``epochs_fn(pass)`` (lr / 10 from pass epochs // 2 on), or
     with ``cfg.steps`` set exactly that many SGD steps (lr / 10 from step steps // 2 on)
     over as many passes of fresh data as they need, the last one cut short.
+    ``labeller`` (normalised images -> label vectors [N, K]), when given, labels every
+    augmented batch as it is trained on: a stored teacher labels the very view the model sees.
     """
     device = torch.device(cfg.device)
     model.to(device).train()
@@ -310,7 +316,8 @@ def train_model(model, epochs_fn, cfg: EvalConfig, lr: float, seed: int, progres
                     group["lr"] = lr * 0.1
             idx = order[start:stop]
             xb = dsa(x[idx].to(device), aug, generator=g)
-            loss = _loss(model(xb), target[idx].to(device))
+            yb = target[idx].to(device) if labeller is None else labeller(xb)
+            loss = _loss(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -352,6 +359,7 @@ class _Task:
     shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int
     test: tuple  # (x uint8 [N,C,H,W], y [N], mean, std)
+    labeller: Callable | None = None  # labels each augmented batch (a stored teacher); None: the data's labels
 
 
 def _run_all(task: _Task, cfg: EvalConfig, progress) -> tuple[list[float], list]:
@@ -362,7 +370,7 @@ def _run_all(task: _Task, cfg: EvalConfig, progress) -> tuple[list[float], list]
         torch.manual_seed(seed)
         model = build_model(cfg, c, task.num_classes, h)
         tick = None if progress is None else (lambda e, loss, r=run: progress(r, e, loss))
-        model = train_model(model, task.make_epochs(seed), cfg, task.lr, seed, tick)
+        model = train_model(model, task.make_epochs(seed), cfg, task.lr, seed, tick, task.labeller)
         accs.append(test_accuracy(model, *task.test, device=cfg.device))  # the final model, once
         if cfg.keep_models:
             models.append(model)
@@ -397,8 +405,9 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
     mean, std = rep.normalization
     mode = label_mode(rep, cfg.labels)
     per_epoch = len(StreamEpochs(rep, cfg, 0).plan)
-    task = _Task(lambda seed: StreamEpochs(rep, cfg, seed), lr, (c, h, w), rep.num_classes,
-                 (test_x, test_y, mean, std))
+    labeller = rep.teacher_labels if mode == "teacher" else None
+    task = _Task(lambda seed: StreamEpochs(rep, cfg, seed, "hard" if labeller else None), lr, (c, h, w),
+                 rep.num_classes, (test_x, test_y, mean, std), labeller)
     accs, models = _run_all(task, cfg, progress)
     data = f"d3 stream {per_epoch} fresh samples/epoch (labels {mode})"
     details = {"samples_per_epoch": per_epoch, "labels": mode, "width": cfg.width,
@@ -408,8 +417,9 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
 
 
 def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg: EvalConfig,
-                  progress=None) -> EvalResult:
-    """Train ``cfg.runs`` fresh models on real uint8 images [N, C, H, W]; test each final model."""
+                  progress=None, labeller=None) -> EvalResult:
+    """Train ``cfg.runs`` fresh models on real uint8 images [N, C, H, W]; test each final model
+    (``labeller``: a teacher labelling every augmented batch, see :func:`train_model`)."""
     cfg.validate()
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR
     shape = tuple(int(v) for v in np.shape(train_x)[1:])
@@ -417,7 +427,7 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
         raise ConfigError(f"test images are {list(np.shape(test_x)[1:])}, training images {list(shape)}; "
                           "use the same image size for both")
     epochs_fn = real_epochs(train_x, train_y, mean, std, torch.device(cfg.device))
-    task = _Task(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std))
+    task = _Task(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std), labeller)
     accs, models = _run_all(task, cfg, progress)
     data = f"{len(train_y)} real images"
     details = {"train_images": len(train_y), "width": cfg.width, "test_images": len(test_y)}

@@ -88,6 +88,49 @@ class Subtask:
     decoder: Decoder
 
 
+@dataclass
+class Anchors:
+    """The file's anchors (format 1.2): real images kept as a few levels, class-major."""
+
+    pixels: torch.Tensor  # [A, C, H, W] float32 in [0, 1]
+    counts: torch.Tensor  # [K] int64, anchors of each class (0 for classes not loaded)
+    starts: torch.Tensor  # [K] int64, row of each class's first anchor
+
+    @classmethod
+    def empty(cls, num_classes: int, image_shape) -> "Anchors":
+        zeros = torch.zeros(num_classes, dtype=torch.int64)
+        return cls(torch.zeros((0, *image_shape)), zeros, zeros.clone())
+
+    @classmethod
+    def from_entry(cls, entry: dict, num_classes: int, image_shape, get_tensor, wanted=None) -> "Anchors":
+        """Decode the stream (FormatError if it is corrupt); keep only the ``wanted`` classes."""
+        from d3fmt.format.levelcode import anchor_pixels
+
+        counts = torch.tensor([int(n) for n in entry["counts"]], dtype=torch.int64)
+        if counts.shape[0] != num_classes or bool((counts < 0).any()):
+            raise FormatError(f"anchors list counts for {counts.shape[0]} classes, the file has {num_classes}")
+        pixels = torch.from_numpy(anchor_pixels(entry, image_shape, get_tensor)).float().div_(255)  # [A, C, H, W]
+        starts = torch.cumsum(counts, 0) - counts
+        if wanted is not None:
+            keep = torch.tensor([c in wanted for c in range(num_classes)])
+            counts = torch.where(keep, counts, torch.zeros_like(counts))
+        return cls(pixels, counts, starts)
+
+    def to(self, device) -> "Anchors":
+        return Anchors(self.pixels.to(device), self.counts.to(device), self.starts.to(device))
+
+    def count(self, cls: int) -> int:
+        return int(self.counts[int(cls)])
+
+    @property
+    def classes(self) -> list[int]:
+        return [int(c) for c in (self.counts > 0).nonzero().flatten().tolist()]
+
+    def images(self, cls: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Anchor ``index`` of each class -> [N, C, H, W] pixels in [0, 1]."""
+        return self.pixels[self.starts[cls] + index]
+
+
 class Representation:
     """Priors and decoders of one container, ready to decode on a device.
 
@@ -95,7 +138,8 @@ class Representation:
     (an in-memory container). Only the subtasks that hold one of ``classes`` are loaded.
     """
 
-    def __init__(self, header: dict, subtasks: dict[int, Subtask], device, dtype, teacher=None):
+    def __init__(self, header: dict, subtasks: dict[int, Subtask], device, dtype, teacher=None,
+                 anchors: "Anchors | None" = None):
         self.header = header
         self.subtasks = subtasks  # subtask index -> Subtask (only the loaded ones)
         self.device = torch.device(device)
@@ -115,6 +159,8 @@ class Representation:
         self._class_pos = pos.to(self.device)
         self._class_lpc = lpc.to(self.device)
         self.has_soft = bool(subtasks) and all(s.soft is not None for s in subtasks.values())
+        self.anchors = anchors.to(self.device) if anchors is not None else Anchors.empty(self.num_classes,
+                                                                                         self.image_shape)
         # (ConvNet on the device, temperature) when the file stores a labelling teacher.
         self.teacher = teacher
         self.has_teacher = teacher is not None
@@ -144,6 +190,10 @@ class Representation:
             if wanted is not None and wanted.isdisjoint(entry_classes):
                 continue
             subtasks[t] = _load_subtask(entry, t, entry_classes, num_classes, image_shape, get_tensor, device, dtype)
+        anchors = None
+        if header.get("anchors") is not None:
+            anchors = Anchors.from_entry(header["anchors"], num_classes, image_shape, get_tensor, wanted)
+            seen |= set(anchors.classes)
         if wanted is not None and wanted - seen:
             raise ConfigError(
                 f"classes {sorted(wanted - seen)[:10]} are not in this file (it holds {len(seen)} of "
@@ -156,14 +206,36 @@ class Representation:
             model, temperature = build_teacher(header["teacher"], get_tensor, num_classes=num_classes,
                                                image_shape=image_shape)
             teacher = (model.to(device=device, dtype=dtype), temperature)
-        return cls(header, subtasks, device, dtype, teacher)
+        return cls(header, subtasks, device, dtype, teacher, anchors)
 
     # -- queries --------------------------------------------------------------------
     def latents_per_class(self, cls: int) -> int:
+        """Latent priors of class ``cls`` (0 for a class held by anchors only)."""
         value = int(self._class_lpc[int(cls)])
-        if value == 0:
+        if value == 0 and self.anchors.count(cls) == 0:
             raise ConfigError(f"class {cls} is not loaded in this representation; include it in `classes`")
         return value
+
+    def anchors_per_class(self, cls: int) -> int:
+        return self.anchors.count(cls)
+
+    def pixels(self, cls: torch.Tensor, component: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+        """Component ``component`` of each class's mixture -> pixels [N, C, H, W] in [0, 1].
+
+        Components ``0 .. A_c - 1`` are the class's anchors (their stored pixels); component
+        ``A_c + l`` is latent prior l, decoded from ``mu + sigma * eps`` (``eps`` None: the mean)."""
+        cls, component = cls.to(self.device), component.to(self.device)
+        count = self.anchors.counts[cls]  # [N] A_c
+        is_anchor = component < count
+        out = torch.empty((cls.shape[0], *self.image_shape), device=self.device, dtype=self.dtype)
+        if bool(is_anchor.any()):
+            out[is_anchor] = self.anchors.images(cls[is_anchor], component[is_anchor]).to(self.dtype)
+        rest = (~is_anchor).nonzero().flatten()
+        if rest.numel():
+            e = None if eps is None else eps[rest]
+            t = self.decode(cls[rest], component[rest] - count[rest], e)
+            out[rest] = tanh_to_unit(t)
+        return out
 
     def prior_of(self, cls: torch.Tensor, prior: torch.Tensor) -> PriorRef:
         """(class, latent index) -> (subtask, row). [N] int64 each."""
@@ -221,12 +293,13 @@ class Representation:
         if self.teacher is None:
             raise ConfigError("this file stores no teacher; use labels='hard' (or 'soft' when it stores soft labels)")
         model, temperature = self.teacher
-        return teacher_probs(model, x_normalized.to(self.device), temperature)
+        probs = teacher_probs(model, x_normalized.to(self.device), temperature)
+        return probs.clone() if probs.is_inference() else probs  # usable as a training target
 
     @property
     def classes(self) -> list[int]:
         """The loaded classes, ascending."""
-        return sorted(c for s in self.subtasks.values() for c in s.classes)
+        return sorted({c for s in self.subtasks.values() for c in s.classes} | set(self.anchors.classes))
 
     @property
     def normalization(self) -> tuple[list[float], list[float]]:

@@ -38,6 +38,8 @@ MAX_HEADER_RATIO_FLOOR = 1 << 20
 MAX_JSON_DEPTH = 64  # nested arrays/objects in the header, the top-level object counting 1
 MAX_JSON_VALUES = 100_000  # values in the header (top level, member values, elements); jsonschema needs ~10-20 us each
 MAX_JSON_INT = (1 << 63) - 1  # every header integer lies in [-2**63, 2**63 - 1]
+MAX_ANCHOR_PIXELS = 1 << 28  # anchor images x C x H x W, decoded (uint8)
+MAX_ANCHOR_STEPS = 1 << 18  # sequential decoding steps of an anchor stream: C*H*W*ceil(N / lanes)
 MAX_INT8_SCALE = float.fromhex("0x1.fffffep+127") / 128  # 128 * scale stays a finite float32
 MIN_ZSTD_WINDOW = 1 << 20  # frames may always use a window this large
 

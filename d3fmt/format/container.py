@@ -44,6 +44,7 @@ from d3fmt.format.header import (
     validate_schema,
 )
 from d3fmt.format.layout import Preamble, align, check_layout, digest, parse_preamble
+from d3fmt.format.levelcode import anchor_levels
 
 _CHUNK = 1 << 20  # streaming read size for verify()
 
@@ -163,8 +164,9 @@ def assemble(header: dict, payloads: list[SectionPayload], *, compress_header: b
     validate_header(full, sections)
     check_layout(sections, PREAMBLE_BYTES + len(stored), first + data_len)
 
-    # The lowest minor version whose features the file uses (spec section 8): 1.1 adds `teacher`.
-    pre = Preamble(len(stored), raw_len, digest(stored), flags, minor=1 if "teacher" in full else FORMAT_MINOR)
+    # The lowest minor version whose features the file uses (spec section 8): 1.1 adds `teacher`, 1.2 `anchors`.
+    minor = 2 if "anchors" in full else 1 if "teacher" in full else FORMAT_MINOR
+    pre = Preamble(len(stored), raw_len, digest(stored), flags, minor=minor)
     out = bytearray(pre.pack())
     out += stored
     for p, r in zip(payloads, rel):
@@ -371,6 +373,8 @@ class D3Reader:
             del values
         if decoders:
             check_decoders(self.header, self._by_name)
+        if self.header.get("anchors") is not None:
+            anchor_levels(self.header["anchors"], self.header["image_shape"], self.tensor)  # FormatError if corrupt
 
     def _verify_hashes(self) -> None:
         bad = []

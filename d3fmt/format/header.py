@@ -23,6 +23,7 @@ import numpy as np
 from d3fmt.errors import ConfigError, FormatError, LimitError
 from d3fmt.format.constants import (
     CODECS,
+    MAX_ANCHOR_PIXELS,
     MAX_JSON_DEPTH,
     MAX_JSON_INT,
     MAX_JSON_VALUES,
@@ -30,6 +31,7 @@ from d3fmt.format.constants import (
     MAX_TOTAL_RAW_BYTES,
 )
 from d3fmt.format.encoding import FLOAT_ENCODINGS, get_encoding, raw_size
+from d3fmt.format.levelcode import LevelShape
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 _HASH = re.compile(r"[0-9a-f]{32}")
@@ -370,7 +372,9 @@ def check_semantics(header: dict, sections: dict[str, SectionInfo]) -> None:
         raise FormatError(f"normalization mean/std need one value per channel ({c})")
     seen: set[int] = set()
     ids: set[int] = set()
-    all_soft = True
+    all_soft = bool(header["subtasks"])
+    if not header["subtasks"] and header.get("anchors") is None:
+        raise FormatError("the file has no subtasks and no anchors; it needs at least one of them")
     for i, sub in enumerate(header["subtasks"]):
         if sub["id"] in ids:
             raise FormatError(f"subtask id {sub['id']} appears twice")
@@ -393,6 +397,8 @@ def check_semantics(header: dict, sections: dict[str, SectionInfo]) -> None:
         for param, name in tensors["decoder"].items():
             if name not in sections:
                 raise FormatError(f"subtask {i} decoder parameter {param[:60]!r} names missing section {name[:60]!r}")
+    if header.get("anchors") is not None:
+        seen |= check_anchors(header["anchors"], header["image_shape"], k, sections)
     if len(seen) != k and not header.get("partial", False):
         missing = sorted(set(range(k)) - seen)[:5]
         raise FormatError(
@@ -409,6 +415,27 @@ def check_semantics(header: dict, sections: dict[str, SectionInfo]) -> None:
                 raise FormatError(f"teacher parameter {param[:60]!r} names missing section {name[:60]!r}")
             if info.dtype not in FLOAT_ENCODINGS:
                 raise FormatError(f"teacher section {name[:60]!r} uses {info.dtype}; it needs a float encoding")
+
+
+def check_anchors(anchors: dict, image_shape, k: int, sections: dict[str, SectionInfo]) -> set[int]:
+    """The anchors' cross-field rules (spec section 10); returns the classes that have anchors."""
+    counts = anchors["counts"]
+    if len(counts) != k:
+        raise FormatError(f"anchors list counts for {len(counts)} classes, the file has {k}")
+    total = sum(counts)
+    if total < 1:
+        raise FormatError("anchors hold no image; drop the anchors entry or give a class at least one")
+    pixels = total * image_shape[0] * image_shape[1] * image_shape[2]
+    if pixels > MAX_ANCHOR_PIXELS:
+        raise LimitError(f"anchors decode to {pixels:,} pixels, over the reader's cap of {MAX_ANCHOR_PIXELS:,}")
+    LevelShape(total, *image_shape, anchors["levels"], anchors["lanes"]).validate()
+    values = sections.get(anchors["values"])
+    if values is None or values.dtype != "uint8" or values.shape != (image_shape[0], anchors["levels"]):
+        raise FormatError(f"anchor values must be a uint8 section of shape [{image_shape[0]}, {anchors['levels']}]")
+    stream = sections.get(anchors["stream"])
+    if stream is None or stream.dtype != "uint8" or len(stream.shape) != 1:
+        raise FormatError("the anchor stream must be a one-dimensional uint8 section")
+    return {c for c, n in enumerate(counts) if n > 0}
 
 
 def _check_tensor(sections: dict[str, SectionInfo], name: str, shape: tuple[int, int], what: str) -> None:

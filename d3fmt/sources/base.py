@@ -183,6 +183,22 @@ class Source:
             ids = ids[np.isin(part.labels[ids], wanted)]
         return part, ids
 
+    def labels(self, split: str = "train") -> np.ndarray:
+        """The labels of a split's records, in the source's order (int64 [N]); reads no image."""
+        part, ids = self._records(split, None)
+        return np.asarray(part.labels[ids], dtype=np.int64)
+
+    def take(self, positions: np.ndarray, split: str = "train") -> np.ndarray:
+        """uint8 images [n, C, H, W] of the records at ``positions`` (indices into
+        :meth:`labels`), in that order. An unreadable image is a SourceError naming it,
+        whatever the bad-image policy: a chosen record cannot silently go missing."""
+        part, ids = self._records(split, None)
+        wanted = ids[np.asarray(positions, dtype=np.int64)]
+        order = np.argsort(wanted, kind="stable")  # parts read records in ascending order
+        out = np.empty((len(wanted), *self.info.image_shape), dtype=np.uint8)
+        out[order] = SplitView(part, wanted[order], self.info.image_shape)[:]
+        return out
+
     def iter_batches(self, split: str = "train", classes=None, batch_size: int = 256
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream ``(images uint8 [N, C, H, W], labels int64 [N])`` in the source's fixed
