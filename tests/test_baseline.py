@@ -1,4 +1,4 @@
-"""Same-bytes random-subset and full-data baselines (d3fmt.baseline, `d3 baseline`)."""
+"""Same-bytes random-subset and full-data baselines (d3fmt.evaluation.baseline, `d3 baseline`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from d3fmt.baseline import (
+from d3fmt.cli import main
+from d3fmt.errors import ConfigError, SourceError
+from d3fmt.evaluation.baseline import (
     choose_random_subset,
     decode_png,
     png_bytes,
     save_subset,
 )
-from d3fmt.cli import main
-from d3fmt.errors import ConfigError, SourceError
 from d3fmt.format import budget_bytes
 from d3fmt.sources import open_source
 
@@ -146,7 +146,7 @@ def test_cli_codecs_table_names_every_codec_and_the_best():
 
 
 def test_cli_codecs_json_counts_exact_bytes_and_trains_the_decoded_subset(digits_train):
-    from d3fmt.codecs import decode, fit_subset
+    from d3fmt.evaluation.codecs import decode, fit_subset
 
     src, x, y = digits_train
     res = CliRunner().invoke(main, ["baseline", "codecs", "digits", "--max-bytes", "6000", "--codecs",
@@ -166,8 +166,8 @@ def test_cli_codecs_json_counts_exact_bytes_and_trains_the_decoded_subset(digits
 
 
 def test_codecs_library_returns_a_result_per_codec(digits_train):
-    from d3fmt.baseline import BaselineConfig, run_codecs
-    from d3fmt.evaluate import EvalConfig
+    from d3fmt.evaluation.baseline import BaselineConfig, run_codecs
+    from d3fmt.evaluation.evaluate import EvalConfig
 
     cfg = BaselineConfig(source="digits", budget=1, evaluation=EvalConfig(steps=1, width=8))
     seen = []
@@ -197,7 +197,7 @@ def test_cli_codecs_errors_are_one_line():
 def digits_file(tmp_path, source_hash=None):
     """A tiny .d3 file (random decoder) that records `digits` as its source."""
     from d3fmt.format import write_d3
-    from d3fmt.representation import random_container
+    from d3fmt.loader.representation import random_container
 
     container = random_container(num_classes=10, image_shape=(1, 8, 8), z_dim=4, width=8, latents_per_class=1,
                                  samples_per_class=4)

@@ -8,8 +8,7 @@ import torch
 
 from d3fmt.errors import ConfigError, FormatError
 from d3fmt.format import D3Reader
-from d3fmt.models.decoder import build_decoder
-from d3fmt.representation import (
+from d3fmt.loader.representation import (
     Representation,
     denormalize,
     normalize,
@@ -18,6 +17,7 @@ from d3fmt.representation import (
     tanh_to_unit,
     unit_to_tanh,
 )
+from d3fmt.models.decoder import build_decoder
 
 
 def test_pixel_conventions():

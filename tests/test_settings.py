@@ -11,7 +11,7 @@ from d3fmt.distill.presets import DEFAULTS, PRESETS, preset_values
 from d3fmt.distill.settings import PackConfig, config_from_settings, pack_config, settings_json
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
-from d3fmt.evaluate import EvalConfig
+from d3fmt.evaluation.evaluate import EvalConfig
 
 
 def test_the_preset_fills_what_is_not_given_and_explicit_settings_win():

@@ -20,7 +20,7 @@ from d3fmt.distill.budget import BudgetPlan
 from d3fmt.distill.settings import PackConfig, settings_json
 from d3fmt.distill.trainer import DistillResult
 from d3fmt.errors import BudgetError
-from d3fmt.evaluate import EvalConfig
+from d3fmt.evaluation.evaluate import EvalConfig
 from d3fmt.format import D3Container, budget_fields, encode_d3
 from d3fmt.format.model import Budget, Header, Provenance, Subtask, TensorNames
 from d3fmt.models.decoder import build_decoder

@@ -377,7 +377,7 @@ MIN_TEACHER_WIDTH = 4
 def teacher_bytes(num_classes: int, image_shape: tuple[int, int, int], width: int) -> int:
     """Upper bound of what a teacher of ``width`` adds to a file: its sections (raw, int8
     kernels and matrices, float16 vectors) plus their header entries."""
-    from d3fmt.teacher import section_encoding, teacher_config, teacher_param_shapes
+    from d3fmt.models.teacher import section_encoding, teacher_config, teacher_param_shapes
 
     c, h, _ = image_shape
     shapes = teacher_param_shapes(teacher_config(c, num_classes, h, width))

@@ -24,13 +24,13 @@ from d3fmt.distill.assemble import EVAL_RESERVE, make_header, measure_plan, plac
 from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, fit_teacher, gaussian_ratios, teacher_bytes
 from d3fmt.distill.settings import PackConfig, run_key
 from d3fmt.errors import BudgetError, ConfigError
-from d3fmt.evaluate import EvalResult
+from d3fmt.evaluation.evaluate import EvalResult
 from d3fmt.format import budget_bytes
+from d3fmt.models.teacher import AUTO_TEACHER
 from d3fmt.pixels import Pixels
 from d3fmt.sources import open_source
 from d3fmt.sources.cache import CacheConfig
 from d3fmt.sources.stats import MIN_STD, PixelMoments
-from d3fmt.teacher import AUTO_TEACHER
 
 STATS_PER_CLASS = 64  # images per class behind the stored normalisation (mean, std)
 

@@ -24,8 +24,8 @@ from d3fmt.distill.experts import ExpertConfig
 from d3fmt.distill.presets import DEFAULTS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
-from d3fmt.evaluate import EvalConfig
-from d3fmt.teacher import AUTO_TEACHER, MAX_TEACHER_WIDTH, TeacherConfig
+from d3fmt.evaluation.evaluate import EvalConfig
+from d3fmt.models.teacher import AUTO_TEACHER, MAX_TEACHER_WIDTH, TeacherConfig
 
 
 @dataclass
@@ -63,7 +63,7 @@ class PackConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluation: EvalConfig | None = field(default_factory=EvalConfig)  # None = --no-eval
     quiet: bool = DEFAULTS["quiet"]
-    # the labelling teacher stored in the file (d3fmt.teacher): its width, 0 = none (the default),
+    # the labelling teacher stored in the file (d3fmt.models.teacher): its width, 0 = none (the default),
     # AUTO_TEACHER = the budget fitter's choice
     teacher_width: int = DEFAULTS["teacher_width"]
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

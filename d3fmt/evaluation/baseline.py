@@ -8,7 +8,7 @@
   directory names). The subset is chosen so that its PNGs fit and one more image per
   class would not.
 - **codecs** (``d3 baseline codecs SRC --budget B``): the same balanced random subset kept
-  with each codec of :mod:`d3fmt.codecs` (PNG, zstd, posterised, WebP/JPEG sheets,
+  with each codec of :mod:`d3fmt.evaluation.codecs` (PNG, zstd, posterised, WebP/JPEG sheets,
   downsampled): the largest n per class whose stored bytes (blobs plus a label list) fit,
   each trained and tested; :func:`run_codecs` / :func:`evaluate_codecs` return one
   :class:`CodecResult` per codec. :func:`compare_file` (``d3 eval FILE --compare``) and
@@ -16,7 +16,7 @@
   .d3 file's exact bytes and give the ``compare`` object of its evaluation record.
 - **full** (``d3 baseline full SRC``): every training image, the ceiling.
 
-Both train fresh models with :func:`d3fmt.evaluate.evaluate_real` (DSA, SGD, lr / 10 at
+Both train fresh models with :func:`d3fmt.evaluation.evaluate.evaluate_real` (DSA, SGD, lr / 10 at
 half, the final model tested once) and normalise with the pixel mean / std of the images
 they train on -- all that a holder of those images would know.
 """
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from d3fmt.codecs import (
+from d3fmt.errors import ConfigError
+from d3fmt.evaluation.codecs import (
     CODECS,
     DEFAULT_COMPARE,
     class_orders,
@@ -39,8 +40,7 @@ from d3fmt.codecs import (
     parse_codecs,
     png_bytes,
 )
-from d3fmt.errors import ConfigError
-from d3fmt.evaluate import (
+from d3fmt.evaluation.evaluate import (
     EvalConfig,
     EvalResult,
     TestSet,
@@ -251,11 +251,11 @@ class CodecsResult:
 def evaluate_codecs(train_x: np.ndarray, train_y: np.ndarray, test: TestSet, num_classes: int, max_bytes: int,
                     cfg: EvalConfig, codecs=None, seed: int = 0, progress=None,
                     on_codec=None) -> list[CodecResult]:
-    """Every codec of ``codecs`` (names, default all of :data:`d3fmt.codecs.CODECS`) at ``max_bytes``.
+    """Every codec of ``codecs`` (names, default all of :data:`d3fmt.evaluation.codecs.CODECS`) at ``max_bytes``.
 
     For each: the largest balanced random subset of the real training images (class pick
     order by ``seed``) whose stored bytes fit, decoded as a user would, trained and tested
-    with :func:`d3fmt.evaluate.evaluate_real` (normalised with its own pixel statistics).
+    with :func:`d3fmt.evaluation.evaluate.evaluate_real` (normalised with its own pixel statistics).
     A codec that cannot hold one image per class is reported with n = 0 and no evaluation;
     when no codec can, ConfigError. ``progress(run, epoch, loss)`` is passed to the
     training; ``on_codec(name)`` is called before each codec.
@@ -303,7 +303,7 @@ def run_codecs(cfg: BaselineConfig, codecs=None, max_bytes: int | None = None, p
 
 def compare_same_bytes(train_x, train_y, test: TestSet, num_classes: int, file_bytes: int, cfg: EvalConfig,
                        codecs=None, seed: int = 0, progress=None, on_codec=None) -> CodecsResult:
-    """The family's codecs (default :data:`d3fmt.codecs.DEFAULT_COMPARE`) at a .d3 file's exact
+    """The family's codecs (default :data:`d3fmt.evaluation.codecs.DEFAULT_COMPARE`) at a .d3 file's exact
     bytes, trained like the file was evaluated: what ``d3 pack`` calls at its final
     evaluation, where the source is at hand. Store ``result.best.compare_record()`` as the
     evaluation record's ``compare``."""
@@ -364,7 +364,7 @@ def compare_file(path, test_spec: str, cfg: EvalConfig, codecs=None, source: str
     """Evaluate a .d3 file like ``d3 eval`` and train the codec family at the file's exact byte
     count with the same EvalConfig; append one evaluation record carrying ``compare`` (the
     best codec: name, images per class, bytes, accuracy, std, runs)."""
-    from d3fmt.evaluate import evaluate_file
+    from d3fmt.evaluation.evaluate import evaluate_file
     from d3fmt.format import D3Reader, append_eval
 
     names = parse_codecs(codecs, default=DEFAULT_COMPARE)

@@ -13,12 +13,12 @@ stream and real subsets of any size train for exactly the same steps (lr / 10 at
 steps); records then carry ``steps`` and the protocol string says both.
 
 - :func:`evaluate_representation` trains on a decoded D3 stream: every epoch draws fresh
-  samples with the loader's sampling contract (:mod:`d3fmt.dataset`: ``samples_per_class``
+  samples with the loader's sampling contract (:mod:`d3fmt.loader.dataset`: ``samples_per_class``
   items per class, the prior means included when soft labels are used), labelled with the
   stored soft labels when present; the learning rate defaults to the student learning
   rate the distiller learned (``header["train"]["lr"]``).
 - :func:`evaluate_real` trains on real uint8 images (the same-bytes random subset baseline
-  and the full-data ceiling, :mod:`d3fmt.baseline`).
+  and the full-data ceiling, :mod:`d3fmt.evaluation.baseline`).
 - :func:`evaluate_file` is ``d3 eval``: evaluate a .d3 file and append the record to it.
 - :func:`load_test_set` resolves ``--test SRC`` (see its docstring).
 """
@@ -38,11 +38,11 @@ import torch.nn.functional as F
 
 from d3fmt.augment import REFERENCE_STRATEGY, DSAParams, dsa
 from d3fmt.errors import ConfigError
+from d3fmt.loader.representation import Representation, normalize
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
 from d3fmt.models.resnet import STANDARD_WIDTH as RESNET_WIDTH
 from d3fmt.models.resnet import ResNet, ResNetConfig
 from d3fmt.pixels import Pixels
-from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
 LABEL_CHOICES = ("auto", "hard", "soft", "teacher")
@@ -237,7 +237,7 @@ class StreamEpochs:
     normalize=True)`` yields after ``set_epoch(epoch)``."""
 
     def __init__(self, rep: Representation, cfg: EvalConfig, seed: int):
-        from d3fmt.dataset import SampleOptions, make_plan
+        from d3fmt.loader.dataset import SampleOptions, make_plan
 
         self.rep = rep
         mode = label_mode(rep, cfg.labels)
@@ -247,7 +247,7 @@ class StreamEpochs:
         self.index = torch.arange(len(self.plan), dtype=torch.int64)  # [N] every item, every epoch
 
     def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from d3fmt.dataset import decode_items
+        from d3fmt.loader.dataset import decode_items
 
         self.options.epoch = epoch
         x, target = decode_items(self.rep, self.plan, self.options, self.index)  # [N, C, H, W], [N] | [N, K]

@@ -24,7 +24,7 @@ from d3fmt import __version__
 from d3fmt.errors import ConfigError, D3Error, FormatError
 from d3fmt.format.sections import decoder_section, logvar_section, mu_section, soft_section
 from d3fmt.models.decoder import Decoder, build_decoder
-from d3fmt.teacher import build_teacher, teacher_probs
+from d3fmt.models.teacher import build_teacher, teacher_probs
 
 # ---------------------------------------------------------------------------------------
 # Pixel conventions (shared with the distiller).

@@ -17,7 +17,7 @@ Sampling contract (the same for both, and for ``d3 sample`` / ``d3 export``):
              or (image - mean) / std           with normalize=True (header normalization)
     label   =  c, or the prior's soft-label vector with labels="soft", or with
                labels="teacher" the stored teacher's softmax(teacher(normalised image) / T)
-               for this very sample (d3fmt.teacher)
+               for this very sample (d3fmt.models.teacher)
 
 So sample i of epoch e with seed s is one fixed tensor: read alone, in any batch, in any
 order, with any number of DataLoader workers or ranks, in any process (up to float
@@ -43,8 +43,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from d3fmt.errors import ConfigError
-from d3fmt.noise import gaussian
-from d3fmt.representation import Representation, normalize, tanh_to_unit
+from d3fmt.loader.noise import gaussian
+from d3fmt.loader.representation import Representation, normalize, tanh_to_unit
 from d3fmt.seeds import mix_seed
 
 CLASS_STRIDE = 1 << 24  # noise index = class * CLASS_STRIDE + slot
