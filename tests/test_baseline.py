@@ -16,7 +16,7 @@ from d3fmt.evaluation.baseline import (
     png_bytes,
     save_subset,
 )
-from d3fmt.format import budget_bytes
+from d3fmt.format import Budget
 from d3fmt.sources import open_source
 
 FAST = ["--epochs", "1", "--width", "16", "--device", "cpu", "-q", "--json"]
@@ -34,15 +34,10 @@ def class_orders(y, num_classes, seed):
     return [np.random.default_rng([seed, c]).permutation(np.flatnonzero(y == c)) for c in range(num_classes)]
 
 
-def test_budget_is_b_k_c_h_w_4_bytes():
-    assert budget_bytes(10, 10, (1, 28, 28)) == 313_600
-    assert budget_bytes(0.5, 4, (3, 8, 8)) == 1536
-
-
 @pytest.mark.parametrize("budget", [1, 2.5, 10])
 def test_random_subset_fits_and_one_more_per_class_would_not(digits_train, budget):
     src, x, y = digits_train
-    cap = budget_bytes(budget, 10, src.info.image_shape)
+    cap = Budget.of(10, src.info.image_shape, budget=budget).max_bytes
     sub = choose_random_subset(x, y, 10, cap, seed=7)
     n = sub.per_class
     assert n >= 1
@@ -58,7 +53,7 @@ def test_random_subset_fits_and_one_more_per_class_would_not(digits_train, budge
 
 def test_random_subset_is_deterministic_nested_and_seeded(digits_train):
     src, x, y = digits_train
-    cap = budget_bytes(3, 10, src.info.image_shape)
+    cap = Budget.of(10, src.info.image_shape, budget=3).max_bytes
     a = choose_random_subset(x, y, 10, cap, seed=0)
     b = choose_random_subset(x, y, 10, cap, seed=0)
     assert np.array_equal(a.indices, b.indices) and a.png == b.png
@@ -87,7 +82,7 @@ def test_png_round_trip_grey_and_rgb():
 
 def test_saved_subset_is_an_imagefolder_of_exactly_the_counted_bytes(digits_train, tmp_path):
     src, x, y = digits_train
-    sub = choose_random_subset(x, y, 10, budget_bytes(2, 10, src.info.image_shape))
+    sub = choose_random_subset(x, y, 10, Budget.of(10, src.info.image_shape, budget=2).max_bytes)
     out = save_subset(sub, src.info.class_names, tmp_path / "subset")
     files = sorted(out.rglob("*.png"))
     assert len(files) == 10 * sub.per_class
@@ -123,7 +118,7 @@ def test_cli_baseline_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["baseline", "random", "digits", "--budget", "0.01", *FAST])
     assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: not even one PNG per class fits")
     res = CliRunner().invoke(main, ["baseline", "random", "digits", "--budget", "-1", *FAST])
-    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: --budget must be > 0")
+    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: budget must be > 0")
     res = CliRunner().invoke(main, ["baseline", "full", str(tmp_path / "nope"), *FAST])
     assert res.exit_code == SourceError.exit_code and res.output.startswith("Error:") and "Traceback" not in res.output
 
@@ -183,9 +178,9 @@ def test_cli_codecs_errors_are_one_line():
     cases = [
         (["--budget", "1", "--codecs", "png,gif"], "Error: unknown codec 'gif'; choose from png, zstd"),
         (["--max-bytes", "50"], "Error: not even one image per class fits in 50 bytes with any of"),
-        (["--budget", "1", "--max-bytes", "100"], "Error: give exactly one of --budget B"),
-        ([], "Error: give exactly one of --budget B"),
-        (["--max-bytes", "0"], "Error: --max-bytes must be a positive byte count"),
+        (["--budget", "1", "--max-bytes", "100"], "Error: give exactly one of budget B"),
+        ([], "Error: give exactly one of budget B"),
+        (["--max-bytes", "0"], "Error: max_bytes must be a positive byte count"),
         (["--budget", "1", "--steps", "0"], "Error: --steps must be at least 1"),
     ]
     for args, start in cases:
@@ -197,7 +192,7 @@ def test_cli_codecs_errors_are_one_line():
 def digits_file(tmp_path, source_hash=None):
     """A tiny .d3 file (random decoder) that records `digits` as its source."""
     from d3fmt.format import write_d3
-    from d3fmt.loader.representation import random_container
+    from d3fmt.loader.example import random_container
 
     container = random_container(num_classes=10, image_shape=(1, 8, 8), z_dim=4, width=8, latents_per_class=1,
                                  samples_per_class=4)

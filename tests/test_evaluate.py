@@ -22,7 +22,8 @@ from d3fmt.evaluation.evaluate import (
     load_test_set,
 )
 from d3fmt.format import D3Reader, append_eval, write_d3
-from d3fmt.loader.representation import Representation, random_container
+from d3fmt.loader.example import random_container
+from d3fmt.loader.representation import Representation
 from d3fmt.sources import open_source
 
 FAST = ["--epochs", "2", "--width", "16", "--device", "cpu", "-q"]

@@ -18,7 +18,6 @@ from d3fmt.format import (
     D3Container,
     D3Reader,
     append_eval,
-    budget_fields,
     encode_d3,
     read_d3,
     write_d3,
@@ -227,13 +226,6 @@ def test_append_eval_keeps_sections_byte_for_byte(tmp_path):
         append_eval(path, {**EVAL, "accuracy": 71.25})
     with pytest.raises(FormatError, match="'runs' is a required property"):
         append_eval(path, {k: v for k, v in EVAL.items() if k != "runs"})
-
-
-def test_budget_fields_fashion_mnist_numbers():
-    b = budget_fields(1, 10, (1, 28, 28), 15680)
-    assert b == {"ipc": 1, "max_bytes": 31360, "bytes_used": 15680,
-                 "ipc_equivalent_fp32": 0.5, "ipc_equivalent_uint8": 2.0}
-    assert budget_fields(10, 10, (1, 28, 28), 0)["max_bytes"] == 313600
 
 
 def test_schema_copies_are_identical():

@@ -8,11 +8,11 @@ import torch
 
 from d3fmt.errors import ConfigError, FormatError
 from d3fmt.format import D3Reader
+from d3fmt.loader.example import random_container
 from d3fmt.loader.representation import (
     Representation,
     denormalize,
     normalize,
-    random_container,
     tanh_to_normalized,
     tanh_to_unit,
     unit_to_tanh,

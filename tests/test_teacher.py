@@ -14,7 +14,8 @@ from d3fmt.errors import ConfigError, FormatError
 from d3fmt.evaluation.evaluate import label_mode
 from d3fmt.format import D3Reader, encode_d3, read_d3, write_d3
 from d3fmt.loader.dataset import SampleOptions, decode_items, make_plan
-from d3fmt.loader.representation import Representation, random_container
+from d3fmt.loader.example import random_container
+from d3fmt.loader.representation import Representation
 from d3fmt.models.convnet import ConvNet
 from d3fmt.models.teacher import (
     TeacherConfig,

@@ -47,7 +47,7 @@ from d3fmt.distill.launch import pack
 from d3fmt.distill.settings import pack_config
 from d3fmt.evaluation.baseline import evaluate_codecs
 from d3fmt.evaluation.evaluate import EvalConfig, EvalResult, TestSet, evaluate_file, evaluate_real, pixel_mean_std
-from d3fmt.format import D3Reader, budget_bytes
+from d3fmt.format import Budget, D3Reader
 from d3fmt.models.resnet import STANDARD_WIDTH
 from d3fmt.models.teacher import AUTO_TEACHER
 from d3fmt.sources import open_source
@@ -441,7 +441,7 @@ def main(argv=None) -> dict:
     test_x, test_y = source.load("test")
     test = TestSet(test_x, test_y, f"{FASHION} test split ({len(test_y)} images)")
     for budget in profile.budgets:
-        cap = budget_bytes(budget, 10, (1, 28, 28))
+        cap = Budget.of(10, (1, 28, 28), budget=budget).max_bytes
         steps, resnet_steps = per_budget(profile.steps, budget), per_budget(profile.resnet_steps, budget)
         # 1. screen the codec family (one short run each), 2. the best codec with the full protocol
         screen = eval_config(profile, "convnet", profile.screen_steps, 1, args, device)

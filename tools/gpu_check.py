@@ -110,11 +110,10 @@ def run_cuda_tests(work: Path) -> dict:
 def bench_file(work: Path, shape: tuple[int, int, int], samples_per_class: int) -> tuple[Path, dict]:
     """A .d3 file with a random decoder of the size the fitter picks at budget 10."""
     from d3fmt.distill.budget import BudgetRequest, fit_budget
-    from d3fmt.format import write_d3
-    from d3fmt.loader.representation import random_container
+    from d3fmt.format import Budget, write_d3
+    from d3fmt.loader.example import random_container
 
-    max_bytes = 10 * NUM_CLASSES * shape[0] * shape[1] * shape[2] * 4
-    plan = fit_budget(BudgetRequest(NUM_CLASSES, shape, max_bytes, [NUM_CLASSES]))
+    plan = fit_budget(BudgetRequest(Budget.of(NUM_CLASSES, shape, budget=10), [NUM_CLASSES]))
     container = random_container(NUM_CLASSES, shape, family=plan.family, width=plan.width, z_dim=plan.z_dim,
                                  latents_per_class=plan.latents_per_class, samples_per_class=samples_per_class,
                                  encoding="float16")

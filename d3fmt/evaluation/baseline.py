@@ -48,7 +48,7 @@ from d3fmt.evaluation.evaluate import (
     load_test_set,
     pixel_mean_std,
 )
-from d3fmt.format.header import budget_bytes
+from d3fmt.format.budget import Budget, check_budget_args
 
 
 @dataclass
@@ -173,7 +173,7 @@ def run_random(cfg: BaselineConfig, progress=None) -> BaselineResult:
         raise ConfigError("the random baseline needs --budget B (images per class)")
     source, x, y, test = _open(cfg)
     info = source.info
-    max_bytes = budget_bytes(cfg.budget, info.num_classes, info.image_shape)
+    max_bytes = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget).max_bytes
     subset = choose_random_subset(x, y, info.num_classes, max_bytes, seed=cfg.seed)
     if subset.per_class == 0:
         raise ConfigError(f"not even one PNG per class fits in {max_bytes} bytes (budget {cfg.budget}); "
@@ -288,14 +288,11 @@ def evaluate_codecs(train_x: np.ndarray, train_y: np.ndarray, test: TestSet, num
 def run_codecs(cfg: BaselineConfig, codecs=None, max_bytes: int | None = None, progress=None,
                on_codec=None) -> CodecsResult:
     """``d3 baseline codecs``: the family at ``max_bytes`` or the budget's B*K*C*H*W*4 bytes."""
-    if (cfg.budget is None) == (max_bytes is None):
-        raise ConfigError("give exactly one of --budget B (images per class) and --max-bytes N")
-    if max_bytes is not None and max_bytes < 1:
-        raise ConfigError(f"--max-bytes must be a positive byte count, got {max_bytes}")
+    check_budget_args(cfg.budget, max_bytes)
     names = parse_codecs(codecs)
     source, x, y, test = _open(cfg)
     info = source.info
-    cap = int(max_bytes) if max_bytes is not None else budget_bytes(cfg.budget, info.num_classes, info.image_shape)
+    cap = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget, max_bytes=max_bytes).max_bytes
     results = evaluate_codecs(x, y, test, info.num_classes, cap, cfg.evaluation, names, seed=cfg.seed,
                               progress=progress, on_codec=on_codec)
     return CodecsResult(info.name, test.name, cap, results)

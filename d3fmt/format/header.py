@@ -20,7 +20,7 @@ from itertools import islice
 import jsonschema
 import numpy as np
 
-from d3fmt.errors import ConfigError, FormatError, LimitError
+from d3fmt.errors import FormatError, LimitError
 from d3fmt.format.constants import (
     CODECS,
     MAX_JSON_DEPTH,
@@ -432,30 +432,3 @@ def check_eval_record(record: dict) -> None:
     if not isinstance(record, dict):
         raise FormatError("an evaluation record must be a JSON object")
     validate_schema(record, "eval", what="evaluation record")
-
-
-# --------------------------------------------------------------------------- budget
-
-
-def budget_bytes(budget: float, num_classes: int, image_shape) -> int:
-    """The byte cap of a budget of ``budget`` images per class: B * K * C * H * W * 4."""
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise ConfigError(f"--budget must be > 0 images per class, got {budget}")
-    return int(budget * num_classes * math.prod(int(v) for v in image_shape) * 4)
-
-
-def budget_fields(ipc: float, num_classes: int, image_shape, bytes_used: int) -> dict:
-    """The budget block: the byte cap and the file size in images-per-class equivalents.
-
-    One "image" is C*H*W float32 values (the literature's convention), so the cap is
-    ipc*K*C*H*W*4 bytes; the uint8 equivalent counts one byte per pixel value instead.
-    """
-    c, h, w = (int(v) for v in image_shape)
-    per_ipc_uint8 = num_classes * c * h * w
-    return {
-        "ipc": ipc,
-        "max_bytes": budget_bytes(ipc, num_classes, image_shape),
-        "bytes_used": int(bytes_used),
-        "ipc_equivalent_fp32": round(bytes_used / (per_ipc_uint8 * 4), 6),
-        "ipc_equivalent_uint8": round(bytes_used / per_ipc_uint8, 6),
-    }
