@@ -1,4 +1,4 @@
-"""The .d3 container format, torch-free (numpy, zstandard, jsonschema only).
+"""The .d3 container format, torch-free (numpy and zstandard only).
 
 spec/format.md is the authority on the bytes; this package is its reference reader and
 writer. Main names: D3Container, write_d3, encode_d3, D3Reader, read_d3, append_eval,
