@@ -38,14 +38,14 @@ import torch.nn.functional as F
 
 from d3fmt.augment import REFERENCE_STRATEGY, DSAParams, dsa
 from d3fmt.errors import ConfigError
-from d3fmt.loader.representation import Representation, normalize
+from d3fmt.loader.representation import LABEL_MODES, Representation, normalize
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
 from d3fmt.models.resnet import STANDARD_WIDTH as RESNET_WIDTH
 from d3fmt.models.resnet import ResNet, ResNetConfig
 from d3fmt.pixels import Pixels
 
 MODELS = ("convnet", "resnet18")
-LABEL_CHOICES = ("auto", "hard", "soft", "teacher")
+LABEL_CHOICES = ("auto", *LABEL_MODES)
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
 
@@ -221,14 +221,8 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
 
 
 def label_mode(rep: Representation, labels: str) -> str:
-    """Resolve ``--labels``: auto = the stored teacher, else the stored soft labels, else hard."""
-    if labels == "soft" and not rep.has_soft:
-        raise ConfigError("soft labels requested but the file stores none; use --labels hard")
-    if labels == "teacher" and not rep.has_teacher:
-        raise ConfigError("teacher labels requested but the file stores no teacher; use --labels hard")
-    if labels != "auto":
-        return labels
-    return "teacher" if rep.has_teacher else "soft" if rep.has_soft else "hard"
+    """Resolve ``--labels`` (:meth:`Representation.label_mode`)."""
+    return rep.label_mode(labels)
 
 
 class StreamEpochs:
@@ -344,7 +338,7 @@ def test_accuracy(model, x_uint8: np.ndarray, y: np.ndarray, mean, std, device, 
 
 
 @dataclass
-class _Task:
+class _EvalTask:
     """What one evaluation trains on and tests on."""
 
     make_epochs: Callable[[int], Callable]  # run seed -> (epoch -> training batch of the epoch)
@@ -354,7 +348,7 @@ class _Task:
     test: tuple  # (x uint8 [N,C,H,W], y [N], mean, std)
 
 
-def _run_all(task: _Task, cfg: EvalConfig, progress) -> tuple[list[float], list]:
+def _run_all(task: _EvalTask, cfg: EvalConfig, progress) -> tuple[list[float], list]:
     accs, models = [], []
     c, h, _ = task.shape
     for run in range(cfg.runs):
@@ -397,7 +391,7 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
     mean, std = rep.normalization
     mode = label_mode(rep, cfg.labels)
     per_epoch = len(StreamEpochs(rep, cfg, 0).plan)
-    task = _Task(lambda seed: StreamEpochs(rep, cfg, seed), lr, (c, h, w), rep.num_classes,
+    task = _EvalTask(lambda seed: StreamEpochs(rep, cfg, seed), lr, (c, h, w), rep.num_classes,
                  (test_x, test_y, mean, std))
     accs, models = _run_all(task, cfg, progress)
     data = f"d3 stream {per_epoch} fresh samples/epoch (labels {mode})"
@@ -417,7 +411,7 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
         raise ConfigError(f"test images are {list(np.shape(test_x)[1:])}, training images {list(shape)}; "
                           "use the same image size for both")
     epochs_fn = real_epochs(train_x, train_y, mean, std, torch.device(cfg.device))
-    task = _Task(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std))
+    task = _EvalTask(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std))
     accs, models = _run_all(task, cfg, progress)
     data = f"{len(train_y)} real images"
     details = {"train_images": len(train_y), "width": cfg.width, "test_images": len(test_y)}

@@ -48,7 +48,6 @@ from d3fmt.loader.representation import Representation, normalize, tanh_to_unit
 from d3fmt.seeds import mix_seed
 
 CLASS_STRIDE = 1 << 24  # noise index = class * CLASS_STRIDE + slot
-LABEL_MODES = ("hard", "soft", "teacher")
 
 
 @dataclass
@@ -113,13 +112,9 @@ def open_representation(path, device="cpu", dtype=torch.float32, classes=None) -
 
 def make_plan(rep: Representation, options: SampleOptions) -> SamplingPlan:
     """Validate the options against the file and fix the item -> draw mapping."""
-    if options.labels not in LABEL_MODES:
-        raise ConfigError(f"labels={options.labels!r} is unknown; use 'hard', 'soft' or 'teacher'")
-    if options.labels == "soft" and not rep.has_soft:
-        raise ConfigError("this file stores no soft labels; use labels='hard'")
-    if options.labels == "teacher":
-        if not rep.has_teacher:
-            raise ConfigError("this file stores no teacher; use labels='hard'")
+    if options.labels == "auto":  # d3 eval's choice; a loader says what it wants
+        raise ConfigError("labels='auto' is d3 eval's; the loader takes 'hard', 'soft' or 'teacher'")
+    if rep.label_mode(options.labels) == "teacher":
         rep.normalization  # the teacher reads normalised images: FormatError now if the header lacks it
     classes = rep.classes if options.classes is None else [int(c) for c in options.classes]
     loaded = set(rep.classes)

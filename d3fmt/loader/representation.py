@@ -58,6 +58,7 @@ def tanh_to_normalized(t: torch.Tensor, mean, std) -> torch.Tensor:
     return normalize(tanh_to_unit(t), mean, std)
 
 
+LABEL_MODES = ("hard", "soft", "teacher")  # the class index, the stored soft labels, the stored teacher
 CPU_CHUNK = 32  # samples per decoder call on CPU (cache-sized activations)
 
 # ---------------------------------------------------------------------------------------
@@ -203,10 +204,22 @@ class Representation:
             return decoder(z)
         return torch.cat([decoder(part) for part in z.split(CPU_CHUNK)])
 
+    def label_mode(self, labels: str) -> str:
+        """The labels a sample gets: one of :data:`LABEL_MODES`, or "auto" (the stored teacher,
+        else the stored soft labels, else hard); ConfigError for a mode this file cannot serve."""
+        if labels == "auto":
+            return "teacher" if self.has_teacher else "soft" if self.has_soft else "hard"
+        if labels not in LABEL_MODES:
+            raise ConfigError(f"labels={labels!r} is unknown; use 'auto', {', '.join(map(repr, LABEL_MODES))}")
+        if labels == "soft" and not self.has_soft:
+            raise ConfigError("this file stores no soft labels; use labels='hard'")
+        if labels == "teacher" and not self.has_teacher:
+            raise ConfigError("this file stores no teacher; use labels='hard' (or 'soft' when it stores soft labels)")
+        return labels
+
     def soft_labels(self, cls: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """The stored soft-label vector of each prior. [N, num_classes] float32."""
-        if not self.has_soft:
-            raise ConfigError("this file stores no soft labels; use hard labels (labels='hard')")
+        self.label_mode("soft")
         ref = self.prior_of(cls, prior)
         out = torch.empty((ref.row.shape[0], self.num_classes), device=self.device)
         for t, sub in self.subtasks.items():
@@ -217,8 +230,7 @@ class Representation:
     def teacher_labels(self, x_normalized: torch.Tensor) -> torch.Tensor:
         """The stored teacher's label vector of each image [N, C, H, W] (training
         normalisation): softmax(teacher(x) / T). [N, num_classes] float32."""
-        if self.teacher is None:
-            raise ConfigError("this file stores no teacher; use labels='hard' (or 'soft' when it stores soft labels)")
+        self.label_mode("teacher")
         model, temperature = self.teacher
         return teacher_probs(model, x_normalized.to(self.device), temperature)
 
