@@ -10,12 +10,8 @@ from click.testing import CliRunner
 
 from d3fmt.cli import main
 from d3fmt.errors import ConfigError, SourceError
-from d3fmt.evaluation.baseline import (
-    choose_random_subset,
-    decode_png,
-    png_bytes,
-    save_subset,
-)
+from d3fmt.evaluation.baseline import random_subset, save_subset
+from d3fmt.evaluation.codecs import decode_png, label_bytes, png_bytes
 from d3fmt.format import Budget
 from d3fmt.sources import open_source
 
@@ -38,36 +34,37 @@ def class_orders(y, num_classes, seed):
 def test_random_subset_fits_and_one_more_per_class_would_not(digits_train, budget):
     src, x, y = digits_train
     cap = Budget.of(10, src.info.image_shape, budget=budget).max_bytes
-    sub = choose_random_subset(x, y, 10, cap, seed=7)
+    sub = random_subset(x, y, 10, cap, seed=7)
     n = sub.per_class
     assert n >= 1
-    assert np.array_equal(np.bincount(sub.labels, minlength=10), np.full(10, n))  # balanced
-    assert sub.used_bytes == sum(len(p) for p in sub.png) <= cap
+    assert np.array_equal(np.bincount(y[sub.indices], minlength=10), np.full(10, n))  # balanced
+    files = sub.encoded.blobs
+    assert sub.bytes == sum(len(p) for p in files) + len(label_bytes(np.repeat(np.arange(10), n), 10)) <= cap
     orders = class_orders(y, 10, 7)
     assert np.array_equal(sub.indices, np.concatenate([o[:n] for o in orders]))
     # the PNG bytes are Pillow's encoding of those very images
-    assert all(p == png_bytes(x[i]) for i, p in zip(sub.indices, sub.png))
-    one_more = sub.used_bytes + sum(len(png_bytes(x[o[n]])) for o in orders)
-    assert sub.next_bytes == one_more > cap
+    assert all(p == png_bytes(x[i]) for i, p in zip(sub.indices, files))
+    one_more = sum(len(png_bytes(x[i])) for o in orders for i in o[:n + 1])
+    assert sub.next_bytes == one_more + len(label_bytes(np.repeat(np.arange(10), n + 1), 10)) > cap
 
 
 def test_random_subset_is_deterministic_nested_and_seeded(digits_train):
     src, x, y = digits_train
     cap = Budget.of(10, src.info.image_shape, budget=3).max_bytes
-    a = choose_random_subset(x, y, 10, cap, seed=0)
-    b = choose_random_subset(x, y, 10, cap, seed=0)
-    assert np.array_equal(a.indices, b.indices) and a.png == b.png
-    assert not np.array_equal(a.indices, choose_random_subset(x, y, 10, cap, seed=1).indices)
-    big = choose_random_subset(x, y, 10, 2 * cap, seed=0)
+    a = random_subset(x, y, 10, cap, seed=0)
+    b = random_subset(x, y, 10, cap, seed=0)
+    assert np.array_equal(a.indices, b.indices) and a.encoded.blobs == b.encoded.blobs
+    assert not np.array_equal(a.indices, random_subset(x, y, 10, cap, seed=1).indices)
+    big = random_subset(x, y, 10, 2 * cap, seed=0)
     assert big.per_class > a.per_class
     for c in range(10):  # a larger budget extends each class's pick
-        assert set(a.indices[a.labels == c]) <= set(big.indices[big.labels == c])
+        assert set(a.indices[y[a.indices] == c]) <= set(big.indices[y[big.indices] == c])
 
 
 def test_a_class_running_out_stops_the_subset():
     x = np.random.default_rng(0).integers(0, 255, (7, 1, 4, 4), dtype=np.uint8)
     y = np.array([0, 0, 0, 1, 1, 1, 1])
-    sub = choose_random_subset(x, y, 2, 10**9)
+    sub = random_subset(x, y, 2, 10**9)
     assert sub.per_class == 3 and sub.next_bytes is None
 
 
@@ -82,11 +79,11 @@ def test_png_round_trip_grey_and_rgb():
 
 def test_saved_subset_is_an_imagefolder_of_exactly_the_counted_bytes(digits_train, tmp_path):
     src, x, y = digits_train
-    sub = choose_random_subset(x, y, 10, Budget.of(10, src.info.image_shape, budget=2).max_bytes)
+    sub = random_subset(x, y, 10, Budget.of(10, src.info.image_shape, budget=2).max_bytes)
     out = save_subset(sub, src.info.class_names, tmp_path / "subset")
     files = sorted(out.rglob("*.png"))
     assert len(files) == 10 * sub.per_class
-    assert sum(f.stat().st_size for f in files) == sub.used_bytes
+    assert sum(f.stat().st_size for f in files) == sum(len(p) for p in sub.encoded.blobs)
     again = open_source(str(out), holdout=0)
     assert again.info.num_classes == 10 and again.info.num_train == 10 * sub.per_class
 

@@ -33,9 +33,8 @@ from d3fmt.errors import ConfigError
 from d3fmt.evaluation.codecs import (
     CODECS,
     DEFAULT_COMPARE,
-    class_orders,
+    FittedSubset,
     decode,
-    decode_png,
     fit_subset,
     parse_codecs,
     png_bytes,
@@ -51,58 +50,18 @@ from d3fmt.evaluation.evaluate import (
 from d3fmt.format.budget import Budget, check_budget_args
 
 
-@dataclass
-class RandomSubset:
-    """A balanced random subset of real training images stored as PNG files."""
-
-    per_class: int  # images per class
-    indices: np.ndarray  # [per_class * K] positions in the train split, class-major
-    labels: np.ndarray  # [per_class * K] int64
-    png: list[bytes]  # the encoded files, aligned with indices
-    max_bytes: int  # the budget's byte cap
-    used_bytes: int  # sum of the PNG sizes (<= max_bytes)
-    next_bytes: int | None  # the bytes with one more image per class (> max_bytes); None if a class ran out
-
-    def images(self, channels: int) -> np.ndarray:
-        """The subset decoded from its PNG bytes, uint8 [N, C, H, W]."""
-        if not self.png:
-            raise ConfigError("the random subset is empty; a larger --budget is needed")
-        return np.stack([decode_png(p, channels) for p in self.png])
+def random_subset(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_bytes: int,
+                  seed: int = 0) -> FittedSubset:
+    """The random baseline's subset: the largest n such that n random images of every class,
+    as PNG files plus their label list, fit ``max_bytes`` (the png codec of the family)."""
+    return fit_subset("png", train_x, train_y, num_classes, max_bytes, seed=seed)
 
 
-def choose_random_subset(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_bytes: int,
-                         seed: int = 0) -> RandomSubset:
-    """The largest n such that n random images of every class fit in ``max_bytes`` as PNGs.
-
-    Each class c is shuffled by a generator seeded with (seed, c), so a class's pick does
-    not depend on the other classes; the subset with n + 1 per class extends the one with
-    n. Images are encoded one round (one per class) at a time until the next round would
-    exceed the cap, or a class has no image left.
-    """
-    orders = class_orders(train_y, num_classes, seed)
-    limit = min(len(o) for o in orders)
-    chosen: list[list[tuple[int, bytes]]] = [[] for _ in range(num_classes)]
-    used, n, next_bytes = 0, 0, None
-    while n < limit:
-        round_files = [(int(orders[c][n]), png_bytes(train_x[orders[c][n]])) for c in range(num_classes)]
-        round_bytes = sum(len(f) for _, f in round_files)
-        if used + round_bytes > max_bytes:
-            next_bytes = used + round_bytes
-            break
-        for c, item in enumerate(round_files):
-            chosen[c].append(item)
-        used += round_bytes
-        n += 1
-    indices = np.array([i for per in chosen for i, _ in per], dtype=np.int64)
-    labels = np.repeat(np.arange(num_classes, dtype=np.int64), n)
-    files = [f for per in chosen for _, f in per]
-    return RandomSubset(n, indices, labels, files, int(max_bytes), used, next_bytes)
-
-
-def save_subset(subset: RandomSubset, class_names: list[str], out_dir) -> Path:
+def save_subset(subset: FittedSubset, class_names: list[str], out_dir) -> Path:
     """Write the chosen PNGs as an ImageFolder (``out_dir/<class>/<index>.png``), byte for byte."""
     out = Path(out_dir)
-    for k, (index, label, data) in enumerate(zip(subset.indices, subset.labels, subset.png)):
+    _, labels = decode(subset.encoded)
+    for index, label, data in zip(subset.indices, labels, subset.encoded.blobs):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", class_names[int(label)]) or f"class{int(label)}"
         folder = out / f"{int(label):03d}_{name}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -174,18 +133,18 @@ def run_random(cfg: BaselineConfig, progress=None) -> BaselineResult:
     source, x, y, test = _open(cfg)
     info = source.info
     max_bytes = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget).max_bytes
-    subset = choose_random_subset(x, y, info.num_classes, max_bytes, seed=cfg.seed)
+    subset = random_subset(x, y, info.num_classes, max_bytes, seed=cfg.seed)
     if subset.per_class == 0:
         raise ConfigError(f"not even one PNG per class fits in {max_bytes} bytes (budget {cfg.budget}); "
                           "use a larger --budget")
     if cfg.out:
         save_subset(subset, info.class_names, cfg.out)
-    train_x = subset.images(info.image_shape[0])  # [n*K, C, H, W] decoded from the PNGs
+    train_x, train_y = decode(subset.encoded)  # [n*K, C, H, W] decoded from the PNGs, class-major
     mean, std = pixel_mean_std(train_x)
-    ev = evaluate_real(train_x, subset.labels, test.x, test.y, info.num_classes, mean, std, cfg.evaluation,
+    ev = evaluate_real(train_x, train_y, test.x, test.y, info.num_classes, mean, std, cfg.evaluation,
                        progress=progress)
-    ev.details.update(budget=cfg.budget, images_per_class=subset.per_class, png_bytes=subset.used_bytes)
-    return BaselineResult("random", info.name, test.name, len(subset.labels), subset.per_class, subset.used_bytes,
+    ev.details.update(budget=cfg.budget, images_per_class=subset.per_class, png_bytes=subset.bytes)
+    return BaselineResult("random", info.name, test.name, len(train_y), subset.per_class, subset.bytes,
                           max_bytes, subset.next_bytes, ev)
 
 
