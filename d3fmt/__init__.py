@@ -32,8 +32,8 @@ _LAZY = {
     "D3Reader": "d3fmt.format.container",
     "read_d3": "d3fmt.format.container",
     "write_d3": "d3fmt.format.container",
-    "D3Dataset": "d3fmt.dataset",
-    "D3Stream": "d3fmt.dataset",
+    "D3Dataset": "d3fmt.loader.dataset",
+    "D3Stream": "d3fmt.loader.dataset",
 }
 
 

@@ -26,7 +26,7 @@ class _TeacherWidth(click.ParamType):
     name = "auto|N"
 
     def convert(self, value, param, ctx):
-        from d3fmt.teacher import AUTO_TEACHER
+        from d3fmt.models.teacher import AUTO_TEACHER
 
         if isinstance(value, int) or str(value).lstrip("-").isdigit():
             return int(value)
@@ -106,7 +106,7 @@ def inspect_cmd(file: str, as_json: bool, verify: bool):
 @click.option("--scale", type=int, help="Pixel magnification [about 48 px per image].")
 def sample_cmd(file, output, columns, classes, seed, epoch, no_means, scale):
     """Write a PNG grid of decoded samples: a row per class."""
-    from d3fmt.export import parse_classes, sample_grid
+    from d3fmt.loader.export import parse_classes, sample_grid
 
     info = sample_grid(file, output, columns=columns, classes=parse_classes(classes), seed=seed, epoch=epoch,
                        mark_means=not no_means, scale=scale)  # fmt: skip
@@ -128,7 +128,7 @@ def sample_cmd(file, output, columns, classes, seed, epoch, no_means, scale):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def export_cmd(file, fmt, output, per_class, classes, seed, epoch, include_means, hard_labels, shard_size, force, quiet):
     """Decode N samples per class into webdataset shards or a PNG ImageFolder."""
-    from d3fmt.export import export_samples, parse_classes
+    from d3fmt.loader.export import export_samples, parse_classes
 
     info = export_samples(file, output, format=fmt, samples_per_class=per_class, seed=seed, epoch=epoch,
                           classes=parse_classes(classes), include_means=include_means,
@@ -358,7 +358,7 @@ def _eval_options(fn):
 
 def _eval_config(model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device, **extra):
     from d3fmt.device import resolve_device
-    from d3fmt.evaluate import EvalConfig
+    from d3fmt.evaluation.evaluate import EvalConfig
 
     cfg = EvalConfig(model=model, epochs=epochs, steps=steps, runs=runs, lr=lr, batch_size=batch_size, width=width,
                      dsa="" if dsa in ("none", "") else dsa, seed=seed, device=str(resolve_device(device)), **extra)
@@ -425,7 +425,7 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
     """
     import json
 
-    from d3fmt.evaluate import evaluate_file, file_convnet_width
+    from d3fmt.evaluation.evaluate import evaluate_file, file_convnet_width
 
     if (compare_codecs or source_src) and not compare:
         raise ConfigError("--compare-codecs and --source only apply with --compare")
@@ -450,7 +450,7 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
 def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet, cache):
     import json
 
-    from d3fmt.baseline import compare_file
+    from d3fmt.evaluation.baseline import compare_file
     from d3fmt.progress import bar
 
     with bar(quiet, total=None, desc="eval", unit="pass") as pbar:  # the file, then each codec
@@ -503,7 +503,7 @@ def baseline_group():
 def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet, cache):
     import json
 
-    from d3fmt.baseline import BaselineConfig, run_full, run_random
+    from d3fmt.evaluation.baseline import BaselineConfig, run_full, run_random
 
     cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
                          out=out, evaluation=_eval_config(**eval_kw), cache=cache)
@@ -582,8 +582,8 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
     """
     import json
 
-    from d3fmt.baseline import BaselineConfig, run_codecs
-    from d3fmt.codecs import parse_codecs
+    from d3fmt.evaluation.baseline import BaselineConfig, run_codecs
+    from d3fmt.evaluation.codecs import parse_codecs
     from d3fmt.progress import bar
 
     names = parse_codecs(codec_list)

@@ -1,7 +1,7 @@
 """PNG encoding: the one place d3fmt turns pixels into PNG bytes (Pillow, torch-free).
 
-Used by the sample grid and exports (:mod:`d3fmt.export`), the same-bytes PNG baseline
-(:mod:`d3fmt.baseline`) and the loader benchmark. Deterministic: Pillow's default
+Used by the sample grid and exports (:mod:`d3fmt.loader.export`), the same-bytes PNG baseline
+(:mod:`d3fmt.evaluation.baseline`) and the loader benchmark. Deterministic: Pillow's default
 encoder settings, no timestamps or other metadata.
 """
 

@@ -1,7 +1,7 @@
 """Shared fixtures: small valid .d3 files with randomly initialised decoders.
 
 ``make_d3(name, **kw)`` writes ``tmp_path/name`` from
-:func:`d3fmt.representation.random_container` (same keyword arguments: num_classes,
+:func:`d3fmt.loader.example.random_container` (same keyword arguments: num_classes,
 image_shape, family, width, z_dim, latents_per_class, num_subtasks, soft,
 samples_per_class, seed, encoding) and returns its path. ``d3_file`` is a ready one:
 4 classes, 1x8x8 images, 2 subtasks, 2 latents per class, soft labels, 5 samples per class.
@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture
 def make_d3(tmp_path):
     from d3fmt.format import write_d3
-    from d3fmt.representation import random_container
+    from d3fmt.loader.example import random_container
 
     def make(name: str = "x.d3", **kw):
         path = tmp_path / name

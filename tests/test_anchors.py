@@ -10,13 +10,17 @@ import pytest
 import torch
 
 import d3fmt
-from d3fmt.codecs import class_orders, posterize, subset_indices, unposterize
-from d3fmt.dataset import open_representation
 from d3fmt.distill.anchors import AnchorConfig, AnchorPool, AnchorSource, anchor_container, fit_anchors
 from d3fmt.errors import BudgetError, ConfigError, FormatError, LimitError
-from d3fmt.format import D3Reader, budget_bytes, encode_d3, write_d3
+from d3fmt.evaluation.codecs import class_orders, posterize, subset_indices, unposterize
+from d3fmt.format import D3Reader, encode_d3, write_d3
+from d3fmt.format.budget import Budget
+from d3fmt.loader.dataset import open_representation
+from d3fmt.loader.representation import Representation
 from d3fmt.models.convnet import ConvNet
-from d3fmt.teacher import attach_teacher, teacher_config
+from d3fmt.models.teacher import attach_teacher, teacher_config
+
+BIG = Budget.of(3, (1, 8, 8), max_bytes=10**6)
 
 
 def blobs(n_per_class: int, k: int = 3, side: int = 8, seed: int = 0):
@@ -39,12 +43,12 @@ def source(x, y, k=3, seed=0) -> AnchorSource:
 
 def test_fit_takes_the_most_anchors_that_fit_and_the_codec_family_pick():
     x, y = blobs(150)
-    cap = budget_bytes(3.0, 3, (1, 8, 8))
-    fit = fit_anchors(source(x, y), AnchorConfig(bits=2), 3.0, cap, {})
+    budget = Budget.of(3, (1, 8, 8), budget=3.0)
+    fit = fit_anchors(source(x, y), AnchorConfig(bits=2), budget, {})
     assert 10 < fit.per_class < 150
-    assert fit.file_bytes <= cap < len(encode_d3(anchor_container(source(x, y), fit.per_class + 1, AnchorConfig(2),
-                                                                   3.0, cap, {})[0]))
-    rep = d3fmt.dataset.Representation.from_container(fit.container)
+    more = anchor_container(source(x, y), fit.per_class + 1, AnchorConfig(2), budget, {})[0]
+    assert fit.file_bytes <= budget.max_bytes < len(encode_d3(more))
+    rep = Representation.from_container(fit.container)
     want = subset_indices(class_orders(y, 3, 0), fit.per_class)  # the same images as the codec family's subset
     got = (rep.anchors.pixels * 255).round().to(torch.uint8).numpy()
     assert np.array_equal(got, unposterize(posterize(x[want], 2), 2))
@@ -52,7 +56,7 @@ def test_fit_takes_the_most_anchors_that_fit_and_the_codec_family_pick():
 
 def test_loader_yields_every_anchor_once_per_epoch_with_its_class(tmp_path):
     x, y = blobs(10)
-    container, _ = anchor_container(source(x, y), 6, AnchorConfig(bits=3), 1.0, 10**6, {})
+    container, _ = anchor_container(source(x, y), 6, AnchorConfig(bits=3), BIG, {})
     path = tmp_path / "a.d3"
     write_d3(path, container)
     with D3Reader(path) as r:
@@ -76,7 +80,7 @@ def test_a_stored_teacher_labels_anchors_by_default(tmp_path):
     x, y = blobs(6)
     torch.manual_seed(0)
     model = ConvNet(teacher_config(1, 3, 8, 4)).eval()
-    container, _ = anchor_container(source(x, y), 4, AnchorConfig(bits=2), 1.0, 10**6, {},
+    container, _ = anchor_container(source(x, y), 4, AnchorConfig(bits=2), BIG, {},
                                     lambda c: attach_teacher(c, model, 1.0))
     path = tmp_path / "t.d3"
     write_d3(path, container)
@@ -90,7 +94,7 @@ def test_a_stored_teacher_labels_anchors_by_default(tmp_path):
 def test_budget_too_small_for_one_anchor_is_a_budget_error():
     x, y = blobs(5)
     with pytest.raises(BudgetError, match="not even one anchor"):
-        fit_anchors(source(x, y), AnchorConfig(bits=2), 0.01, 300, {})
+        fit_anchors(source(x, y), AnchorConfig(bits=2), Budget.of(3, (1, 8, 8), max_bytes=300), {})
 
 
 def test_bits_out_of_range_is_a_config_error():
@@ -104,7 +108,7 @@ def _section(header: dict, name: str) -> dict:
 
 def _valid():
     x, y = blobs(5)
-    container, _ = anchor_container(source(x, y), 4, AnchorConfig(bits=2), 1.0, 10**6, {})
+    container, _ = anchor_container(source(x, y), 4, AnchorConfig(bits=2), BIG, {})
     return container
 
 

@@ -10,8 +10,8 @@ from d3fmt.distill.autoencoder import CACHE_NAME, AutoencoderConfig, kmeans, pre
 from d3fmt.distill.experts import ExpertConfig, train_experts
 from d3fmt.distill.trainer import DistillConfig, distill, initial_result
 from d3fmt.errors import ConfigError
+from d3fmt.loader.representation import unit_to_tanh
 from d3fmt.models.decoder import DecoderConfig, build_decoder
-from d3fmt.representation import unit_to_tanh
 
 DEC = DecoderConfig(family="small", z_dim=16, channels=1, image_size=8, width=32)
 CFG = AutoencoderConfig(steps=300, batch=64, lr=3e-3)

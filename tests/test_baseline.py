@@ -1,4 +1,4 @@
-"""Same-bytes random-subset and full-data baselines (d3fmt.baseline, `d3 baseline`)."""
+"""Same-bytes random-subset and full-data baselines (d3fmt.evaluation.baseline, `d3 baseline`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from d3fmt.baseline import (
-    choose_random_subset,
-    decode_png,
-    png_bytes,
-    save_subset,
-)
 from d3fmt.cli import main
 from d3fmt.errors import ConfigError, SourceError
-from d3fmt.format import budget_bytes
+from d3fmt.evaluation.baseline import random_subset, save_subset
+from d3fmt.evaluation.codecs import decode_png, label_bytes, png_bytes
+from d3fmt.format import Budget
 from d3fmt.sources import open_source
 
 FAST = ["--epochs", "1", "--width", "16", "--device", "cpu", "-q", "--json"]
@@ -34,45 +30,41 @@ def class_orders(y, num_classes, seed):
     return [np.random.default_rng([seed, c]).permutation(np.flatnonzero(y == c)) for c in range(num_classes)]
 
 
-def test_budget_is_b_k_c_h_w_4_bytes():
-    assert budget_bytes(10, 10, (1, 28, 28)) == 313_600
-    assert budget_bytes(0.5, 4, (3, 8, 8)) == 1536
-
-
 @pytest.mark.parametrize("budget", [1, 2.5, 10])
 def test_random_subset_fits_and_one_more_per_class_would_not(digits_train, budget):
     src, x, y = digits_train
-    cap = budget_bytes(budget, 10, src.info.image_shape)
-    sub = choose_random_subset(x, y, 10, cap, seed=7)
+    cap = Budget.of(10, src.info.image_shape, budget=budget).max_bytes
+    sub = random_subset(x, y, 10, cap, seed=7)
     n = sub.per_class
     assert n >= 1
-    assert np.array_equal(np.bincount(sub.labels, minlength=10), np.full(10, n))  # balanced
-    assert sub.used_bytes == sum(len(p) for p in sub.png) <= cap
+    assert np.array_equal(np.bincount(y[sub.indices], minlength=10), np.full(10, n))  # balanced
+    files = sub.encoded.blobs
+    assert sub.bytes == sum(len(p) for p in files) + len(label_bytes(np.repeat(np.arange(10), n), 10)) <= cap
     orders = class_orders(y, 10, 7)
     assert np.array_equal(sub.indices, np.concatenate([o[:n] for o in orders]))
     # the PNG bytes are Pillow's encoding of those very images
-    assert all(p == png_bytes(x[i]) for i, p in zip(sub.indices, sub.png))
-    one_more = sub.used_bytes + sum(len(png_bytes(x[o[n]])) for o in orders)
-    assert sub.next_bytes == one_more > cap
+    assert all(p == png_bytes(x[i]) for i, p in zip(sub.indices, files))
+    one_more = sum(len(png_bytes(x[i])) for o in orders for i in o[:n + 1])
+    assert sub.next_bytes == one_more + len(label_bytes(np.repeat(np.arange(10), n + 1), 10)) > cap
 
 
 def test_random_subset_is_deterministic_nested_and_seeded(digits_train):
     src, x, y = digits_train
-    cap = budget_bytes(3, 10, src.info.image_shape)
-    a = choose_random_subset(x, y, 10, cap, seed=0)
-    b = choose_random_subset(x, y, 10, cap, seed=0)
-    assert np.array_equal(a.indices, b.indices) and a.png == b.png
-    assert not np.array_equal(a.indices, choose_random_subset(x, y, 10, cap, seed=1).indices)
-    big = choose_random_subset(x, y, 10, 2 * cap, seed=0)
+    cap = Budget.of(10, src.info.image_shape, budget=3).max_bytes
+    a = random_subset(x, y, 10, cap, seed=0)
+    b = random_subset(x, y, 10, cap, seed=0)
+    assert np.array_equal(a.indices, b.indices) and a.encoded.blobs == b.encoded.blobs
+    assert not np.array_equal(a.indices, random_subset(x, y, 10, cap, seed=1).indices)
+    big = random_subset(x, y, 10, 2 * cap, seed=0)
     assert big.per_class > a.per_class
     for c in range(10):  # a larger budget extends each class's pick
-        assert set(a.indices[a.labels == c]) <= set(big.indices[big.labels == c])
+        assert set(a.indices[y[a.indices] == c]) <= set(big.indices[y[big.indices] == c])
 
 
 def test_a_class_running_out_stops_the_subset():
     x = np.random.default_rng(0).integers(0, 255, (7, 1, 4, 4), dtype=np.uint8)
     y = np.array([0, 0, 0, 1, 1, 1, 1])
-    sub = choose_random_subset(x, y, 2, 10**9)
+    sub = random_subset(x, y, 2, 10**9)
     assert sub.per_class == 3 and sub.next_bytes is None
 
 
@@ -87,11 +79,11 @@ def test_png_round_trip_grey_and_rgb():
 
 def test_saved_subset_is_an_imagefolder_of_exactly_the_counted_bytes(digits_train, tmp_path):
     src, x, y = digits_train
-    sub = choose_random_subset(x, y, 10, budget_bytes(2, 10, src.info.image_shape))
+    sub = random_subset(x, y, 10, Budget.of(10, src.info.image_shape, budget=2).max_bytes)
     out = save_subset(sub, src.info.class_names, tmp_path / "subset")
     files = sorted(out.rglob("*.png"))
     assert len(files) == 10 * sub.per_class
-    assert sum(f.stat().st_size for f in files) == sub.used_bytes
+    assert sum(f.stat().st_size for f in files) == sum(len(p) for p in sub.encoded.blobs)
     again = open_source(str(out), holdout=0)
     assert again.info.num_classes == 10 and again.info.num_train == 10 * sub.per_class
 
@@ -123,7 +115,7 @@ def test_cli_baseline_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["baseline", "random", "digits", "--budget", "0.01", *FAST])
     assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: not even one PNG per class fits")
     res = CliRunner().invoke(main, ["baseline", "random", "digits", "--budget", "-1", *FAST])
-    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: --budget must be > 0")
+    assert res.exit_code == ConfigError.exit_code and res.output.startswith("Error: budget must be > 0")
     res = CliRunner().invoke(main, ["baseline", "full", str(tmp_path / "nope"), *FAST])
     assert res.exit_code == SourceError.exit_code and res.output.startswith("Error:") and "Traceback" not in res.output
 
@@ -146,7 +138,7 @@ def test_cli_codecs_table_names_every_codec_and_the_best():
 
 
 def test_cli_codecs_json_counts_exact_bytes_and_trains_the_decoded_subset(digits_train):
-    from d3fmt.codecs import decode, fit_subset
+    from d3fmt.evaluation.codecs import decode, fit_subset
 
     src, x, y = digits_train
     res = CliRunner().invoke(main, ["baseline", "codecs", "digits", "--max-bytes", "6000", "--codecs",
@@ -166,8 +158,8 @@ def test_cli_codecs_json_counts_exact_bytes_and_trains_the_decoded_subset(digits
 
 
 def test_codecs_library_returns_a_result_per_codec(digits_train):
-    from d3fmt.baseline import BaselineConfig, run_codecs
-    from d3fmt.evaluate import EvalConfig
+    from d3fmt.evaluation.baseline import BaselineConfig, run_codecs
+    from d3fmt.evaluation.evaluate import EvalConfig
 
     cfg = BaselineConfig(source="digits", budget=1, evaluation=EvalConfig(steps=1, width=8))
     seen = []
@@ -183,9 +175,9 @@ def test_cli_codecs_errors_are_one_line():
     cases = [
         (["--budget", "1", "--codecs", "png,gif"], "Error: unknown codec 'gif'; choose from png, zstd"),
         (["--max-bytes", "50"], "Error: not even one image per class fits in 50 bytes with any of"),
-        (["--budget", "1", "--max-bytes", "100"], "Error: give exactly one of --budget B"),
-        ([], "Error: give exactly one of --budget B"),
-        (["--max-bytes", "0"], "Error: --max-bytes must be a positive byte count"),
+        (["--budget", "1", "--max-bytes", "100"], "Error: give exactly one of budget B"),
+        ([], "Error: give exactly one of budget B"),
+        (["--max-bytes", "0"], "Error: max_bytes must be a positive byte count"),
         (["--budget", "1", "--steps", "0"], "Error: --steps must be at least 1"),
     ]
     for args, start in cases:
@@ -197,7 +189,7 @@ def test_cli_codecs_errors_are_one_line():
 def digits_file(tmp_path, source_hash=None):
     """A tiny .d3 file (random decoder) that records `digits` as its source."""
     from d3fmt.format import write_d3
-    from d3fmt.representation import random_container
+    from d3fmt.loader.example import random_container
 
     container = random_container(num_classes=10, image_shape=(1, 8, 8), z_dim=4, width=8, latents_per_class=1,
                                  samples_per_class=4)

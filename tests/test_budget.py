@@ -19,7 +19,7 @@ from d3fmt.distill.budget import (
 from d3fmt.distill.job import partition_classes
 from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import BudgetError, ConfigError
-from d3fmt.format import D3Container, D3Reader, write_d3
+from d3fmt.format import Budget, D3Container, D3Reader, write_d3
 from d3fmt.models.decoder import DecoderConfig, decode_mflop
 from d3fmt.sources.base import SourceInfo
 
@@ -43,11 +43,12 @@ def _info(k, shape):
 def _fit_and_write(tmp_path, k, shape, ipc, subtasks, **overrides):
     info, parts = _info(k, shape), partition_classes(k, subtasks)
     cfg = PackConfig(source="test", output=str(tmp_path / "x.d3"), budget=ipc, subtasks=subtasks)
-    max_bytes = int(ipc * k * shape[0] * shape[1] * shape[2] * 4)
+    budget = Budget.of(k, shape, budget=ipc)
+    max_bytes = budget.max_bytes
     ones = [0.5] * shape[0]
-    header_of = lambda p: make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)  # noqa: E731
-    req = BudgetRequest(num_classes=k, image_shape=shape, max_bytes=max_bytes, subtask_classes=[len(p) for p in parts],
-                        ipc=ipc, reserve=384, ratios=gaussian_ratios(), **overrides)
+    header_of = lambda p: make_header(info, parts, p, budget, ones, ones, cfg, 0.01)  # noqa: E731
+    req = BudgetRequest(budget, subtask_classes=[len(p) for p in parts], reserve=384, ratios=gaussian_ratios(),
+                        **overrides)
     plan = fit_budget(req, measure=lambda p: measure_plan(header_of, p))
     header = header_of(plan)
     results, soft = dummy_results(header, plan)
@@ -84,8 +85,8 @@ def test_decode_cap_picks_a_cheaper_decoder_and_spends_bytes_on_precision():
     """Fashion-MNIST at budget 50: uncapped, the fitter buys a 38-42 MFLOP decoder (float16);
     capped at 10 MFLOP, a narrower one under the cap, with float32 weights (the bytes are there)."""
     def fit(cap):
-        return fit_budget(BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=50 * 31360,
-                                        subtask_classes=[10], ipc=50, max_decode_mflop=cap, ratios=gaussian_ratios()))
+        return fit_budget(BudgetRequest(Budget.of(10, (1, 28, 28), budget=50),
+                                        subtask_classes=[10], max_decode_mflop=cap, ratios=gaussian_ratios()))
     free, capped = fit(0), fit(10.0)
     assert free.decode_mflop > 30 and free.max_decode_mflop is None and free.weight_encoding == "float16"
     assert 9 < capped.decode_mflop <= 10 and capped.width < free.width and capped.weight_encoding == "float32"
@@ -94,25 +95,24 @@ def test_decode_cap_picks_a_cheaper_decoder_and_spends_bytes_on_precision():
 
 
 def test_explicit_width_wins_over_the_decode_cap():
-    req = BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=50 * 31360, subtask_classes=[10], ipc=50,
+    req = BudgetRequest(Budget.of(10, (1, 28, 28), budget=50), subtask_classes=[10],
                         width=150, max_decode_mflop=1.0)
     assert fit_budget(req).width == 150
 
 
 def test_negative_decode_cap_is_a_config_error():
-    req = BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=31360, subtask_classes=[10], max_decode_mflop=-1)
+    req = BudgetRequest(Budget.of(10, (1, 28, 28), max_bytes=31360), subtask_classes=[10], max_decode_mflop=-1)
     with pytest.raises(ConfigError, match="decode cap"):
         fit_budget(req)
 
 
 def test_too_small_budget_names_the_smallest_that_fits(tmp_path):
-    req = BudgetRequest(num_classes=10, image_shape=(1, 8, 8), max_bytes=1000, subtask_classes=[10], ipc=0.4)
+    req = BudgetRequest(Budget.of(10, (1, 8, 8), max_bytes=1000), subtask_classes=[10])
     with pytest.raises(BudgetError) as err:
         fit_budget(req)
     suggested = float(re.search(r"--budget ([0-9.]+)", str(err.value)).group(1))
-    assert suggested > 0.4
-    plan = fit_budget(BudgetRequest(num_classes=10, image_shape=(1, 8, 8), subtask_classes=[10], ipc=suggested,
-                                    max_bytes=int(suggested * 10 * 64 * 4)))
+    assert suggested > 1000 / (10 * 64 * 4)
+    plan = fit_budget(BudgetRequest(Budget.of(10, (1, 8, 8), budget=suggested), subtask_classes=[10]))
     assert plan.estimated_bytes <= suggested * 10 * 64 * 4
 
 
@@ -126,8 +126,7 @@ def test_overrides_are_kept(tmp_path):
 def test_larger_budget_uses_more_bytes_and_keeps_family_fixed_when_asked():
     used, widths = [], []
     for ipc in (1, 2, 10, 50):
-        req = BudgetRequest(num_classes=10, image_shape=(1, 28, 28), max_bytes=ipc * 31360, subtask_classes=[10],
-                            ipc=ipc, family="small", z_dim=32, weight_encoding="int8")
+        req = BudgetRequest(Budget.of(10, (1, 28, 28), budget=ipc), subtask_classes=[10], family="small", z_dim=32, weight_encoding="int8")
         plan = fit_budget(req)
         assert plan.estimated_bytes <= ipc * 31360
         used.append(plan.estimated_bytes)

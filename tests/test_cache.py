@@ -254,7 +254,7 @@ def test_pack_from_the_cache_equals_pack_from_the_tree_and_decodes_nothing(tmp_p
 
 
 def test_cached_split_view_streams_slices_equal_to_load(tmp_path, decodes):
-    from d3fmt.evaluate import test_accuracy
+    from d3fmt.evaluation.evaluate import test_accuracy
     from d3fmt.models.convnet import ConvNet, ConvNetConfig
     from d3fmt.sources.base import SplitView
 

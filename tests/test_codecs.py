@@ -1,4 +1,4 @@
-"""The competitor codec family (d3fmt.codecs): exact stored bytes, round trips, the n search."""
+"""The competitor codec family (d3fmt.evaluation.codecs): exact stored bytes, round trips, the n search."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import zstandard
 from PIL import Image
 
-from d3fmt.codecs import CODECS, class_orders, decode, encode, fit_subset, parse_codecs, sheet_grid
 from d3fmt.errors import ConfigError
+from d3fmt.evaluation.codecs import CODECS, class_orders, decode, encode, fit_subset, parse_codecs, sheet_grid
 
 
 def blobs_like_images(n_per_class=3, num_classes=2, shape=(1, 8, 8), seed=0):

@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 import d3fmt
-from d3fmt.dataset import CLASS_STRIDE, D3Dataset, D3Stream
 from d3fmt.errors import ConfigError, FormatError
-from d3fmt.noise import gaussian
-from d3fmt.representation import normalize
+from d3fmt.loader.dataset import CLASS_STRIDE, D3Dataset, D3Stream
+from d3fmt.loader.noise import gaussian
+from d3fmt.loader.representation import normalize
 
 ATOL = 1e-6  # batched convolutions may round differently from single ones
 
@@ -271,7 +271,7 @@ def test_cuda_stream_matches_cpu_dataset(d3_file):
     want, want_labels = _stack(ds.__getitems__(range(32)))
     torch.testing.assert_close(images.cpu(), want, atol=1e-4, rtol=0)
     assert labels.cpu().tolist() == want_labels
-    from d3fmt.noise import gaussian
+    from d3fmt.loader.noise import gaussian
 
     idx = torch.arange(1000) * 7919
     torch.testing.assert_close(gaussian(1, 2, idx.cuda(), 16).cpu(), gaussian(1, 2, idx, 16), atol=1e-5, rtol=0)

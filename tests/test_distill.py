@@ -7,8 +7,8 @@ from sklearn.datasets import load_digits
 from d3fmt.distill.experts import ExpertConfig, train_experts
 from d3fmt.distill.trainer import CHECKPOINT_NAME, DistillConfig, distill
 from d3fmt.errors import ConfigError
+from d3fmt.loader.representation import tanh_to_normalized
 from d3fmt.models.decoder import DecoderConfig, build_decoder
-from d3fmt.representation import tanh_to_normalized
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`d3 eval` and d3fmt.evaluate: fresh models on the decoded stream, final model, records."""
+"""`d3 eval` and d3fmt.evaluation.evaluate: fresh models on the decoded stream, final model, records."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 import d3fmt
-from d3fmt import evaluate
 from d3fmt.cli import main
 from d3fmt.errors import ConfigError, FormatError
-from d3fmt.evaluate import (
+from d3fmt.evaluation import evaluate
+from d3fmt.evaluation.evaluate import (
     EvalConfig,
     StreamEpochs,
     batch_bounds,
@@ -22,7 +22,8 @@ from d3fmt.evaluate import (
     load_test_set,
 )
 from d3fmt.format import D3Reader, append_eval, write_d3
-from d3fmt.representation import Representation, random_container
+from d3fmt.loader.example import random_container
+from d3fmt.loader.representation import Representation
 from d3fmt.sources import open_source
 
 FAST = ["--epochs", "2", "--width", "16", "--device", "cpu", "-q"]
@@ -179,7 +180,7 @@ def test_hard_labels_and_resnet18(tmp_path, digits):
 
 
 def test_narrow_resnet18_is_named_by_its_width():
-    from d3fmt.evaluate import build_model
+    from d3fmt.evaluation.evaluate import build_model
 
     assert EvalConfig(model="resnet18").width == 64 and EvalConfig().width == 128
     narrow = EvalConfig(model="resnet18", width=8)

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from d3fmt.cli import main
-from d3fmt.dataset import D3Dataset
 from d3fmt.errors import ConfigError, FormatError
-from d3fmt.export import MEAN_BORDER, SAMPLE_BORDER, export_samples, parse_classes, sample_grid
+from d3fmt.loader.dataset import D3Dataset
+from d3fmt.loader.export import MEAN_BORDER, SAMPLE_BORDER, export_samples, parse_classes, sample_grid
 
 
 def _expected_uint8(d3_file, per_class, **kw):

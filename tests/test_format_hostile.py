@@ -18,6 +18,7 @@ import zstandard
 from d3fmt.errors import FormatError, IntegrityError, LimitError, UnsupportedVersionError
 from d3fmt.format import D3Reader, encode_d3
 from d3fmt.format.constants import MAGIC, PREAMBLE_BYTES
+from d3fmt.format.decoders import decoder_param_shapes
 from d3fmt.format.example import example_container
 from d3fmt.format.layout import Preamble, align, digest
 
@@ -116,7 +117,7 @@ def open_all(path):
     """Everything a reader can be asked to do with a file."""
     reader = D3Reader(path)
     reader.verify(decoders=False)  # the corpus' stand-in "linear" decoders are not d3fmt's
-    reader.load()
+    return reader.load()
 
 
 def with_(edit, header_json=None, **kw):
@@ -339,11 +340,16 @@ def test_hostile_file_is_rejected_with_its_specific_error(case, tmp_path):
 
 
 def test_craft_without_edits_gives_a_valid_file(tmp_path):
-    """The crafting helper itself is faithful: an unedited base reads back fine."""
+    """The crafting helper itself is faithful: an unedited base reads back as the container it came from."""
+    original = example_container(num_classes=4, num_subtasks=2, soft=True)
     for compress in (False, True):
         path = tmp_path / f"ok{compress}.d3"
         path.write_bytes(craft(*base(), compress=compress))
-        open_all(path)
+        loaded = open_all(path)
+        assert loaded.tensors.keys() == original.tensors.keys()
+        assert all(np.array_equal(loaded.tensors[k], original.tensors[k]) for k in original.tensors)
+        assert {k: v for k, v in loaded.header.items() if k != "budget"} == \
+            {k: v for k, v in original.header.items() if k != "budget"}
 
 
 def test_every_spec_rule_has_a_hostile_case():
@@ -402,7 +408,11 @@ def test_verify_rejects_a_decoder_d3fmt_cannot_build(case, tmp_path):
 def test_a_small_decoder_file_passes_verify(tmp_path):
     path = tmp_path / "ok.d3"
     path.write_bytes(craft(*base(family="small")))
-    D3Reader(path).verify()
+    reader = D3Reader(path)
+    reader.verify()
+    entry = reader.header["subtasks"][0]
+    shapes = {p: tuple(reader.tensor(name).shape) for p, name in entry["tensors"]["decoder"].items()}
+    assert shapes == decoder_param_shapes(entry["decoder"])  # what verify checked without torch
 
 
 @pytest.mark.parametrize("case", sorted(c for c in CASES if int(c[:2]) >= 30))

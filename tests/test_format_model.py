@@ -9,7 +9,7 @@ import pytest
 
 from d3fmt.format import D3Reader, encode_d3
 from d3fmt.format.example import example_container
-from d3fmt.format.model import Budget, Header, Subtask, TensorNames
+from d3fmt.format.model import BudgetRecord, Header, Subtask, TensorNames
 from d3fmt.format.sections import decoder_section, soft_section, tensor_names
 
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.d3"))
@@ -57,5 +57,5 @@ def test_section_names():
     assert names.soft is None and names.to_json() == {"mu": "s1.mu", "logvar": "s1.logvar", "decoder": {"w": "s1.dec.w"}}
     s = Subtask(id=1, classes=[4, 5], latents_per_class=2, z_dim=8, decoder={"family": "small"}, tensors=names)
     assert Subtask.from_json(s.to_json()) == s
-    b = Budget(ipc=1.0, max_bytes=10, bytes_used=0, ipc_equivalent_fp32=0.0, ipc_equivalent_uint8=0.0)
-    assert Budget.from_json(b.to_json()) == b
+    b = BudgetRecord(ipc=1.0, max_bytes=10, bytes_used=0, ipc_equivalent_fp32=0.0, ipc_equivalent_uint8=0.0)
+    assert BudgetRecord.from_json(b.to_json()) == b

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import d3fmt
 
 ROOT = Path(d3fmt.__file__).parent
+TOOLS = ROOT.parent / "tools"
+UNSAFE = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal"}  # never, anywhere
 # The distiller's one-way chain: a module may import only modules before it.
 DISTILL_CHAIN = ["presets", "settings", "assemble", "job", "subtask", "labels", "merge", "launch"]
 
@@ -105,9 +109,40 @@ def test_only_the_cli_and_the_distiller_import_the_distiller():
     assert not any(m.startswith("d3fmt.distill") for m in graph["d3fmt.device"])
 
 
+def imported_names(path: Path) -> set[str]:
+    """Every module name an import statement of ``path`` names (absolute imports)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.add(node.module or "")
+    return out
+
+
 def test_the_format_core_is_torch_free():
     for path in (ROOT / "format").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n.split(".")[0] == "torch" for n in names), path
+        assert not any(n.split(".")[0] == "torch" for n in imported_names(path)), path
+    # ... also through what it imports: load the format core and its tools in a fresh interpreter
+    code = ("import sys, d3fmt.format, d3fmt.format.inspect, d3fmt.format.example, d3fmt.format.budget;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_module_imports_pickle():
+    paths = [*ROOT.rglob("*.py"), *TOOLS.rglob("*.py")]
+    unsafe = {str(p.relative_to(ROOT.parent)): sorted(n for n in imported_names(p) if n.split(".")[0] in UNSAFE)
+              for p in paths}
+    assert {p: names for p, names in unsafe.items() if names} == {}
+
+
+def tools_graph() -> dict[str, set[str]]:
+    """tools/ script -> the tools/ scripts it imports (they import each other by bare name)."""
+    scripts = {p.stem: p for p in TOOLS.glob("*.py")}
+    return {name: {n.split(".")[0] for n in imported_names(path)} & set(scripts) - {name}
+            for name, path in scripts.items()}
+
+
+def test_no_import_cycle_in_tools():
+    assert cycles(tools_graph()) == []

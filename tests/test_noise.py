@@ -2,7 +2,7 @@
 
 import torch
 
-from d3fmt.noise import _mul32, gaussian
+from d3fmt.loader.noise import _mul32, gaussian
 
 
 def test_shape_dtype_device():

@@ -18,7 +18,7 @@ from d3fmt.distill.launch import pack
 from d3fmt.distill.settings import PackConfig
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import BudgetError, ConfigError, SourceError
-from d3fmt.evaluate import EvalConfig
+from d3fmt.evaluation.evaluate import EvalConfig
 from d3fmt.format import D3Container, D3Reader, read_d3
 from d3fmt.sources.synthetic import make_shapes_folder
 

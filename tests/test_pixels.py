@@ -9,9 +9,9 @@ from d3fmt.distill.experts import ExpertConfig, data_fingerprint, train_experts
 from d3fmt.distill.job import load_subset
 from d3fmt.distill.trainer import DistillConfig, _make_task
 from d3fmt.errors import ConfigError
+from d3fmt.loader.representation import normalize
 from d3fmt.models.decoder import DecoderConfig
 from d3fmt.pixels import Pixels, select
-from d3fmt.representation import normalize
 from d3fmt.sources import open_source
 
 MEAN, STD = (0.3, 0.6, 0.45), (0.2, 0.25, 0.3)

@@ -8,16 +8,16 @@ import torch
 
 from d3fmt.errors import ConfigError, FormatError
 from d3fmt.format import D3Reader
-from d3fmt.models.decoder import build_decoder
-from d3fmt.representation import (
+from d3fmt.loader.example import random_container
+from d3fmt.loader.representation import (
     Representation,
     denormalize,
     normalize,
-    random_container,
     tanh_to_normalized,
     tanh_to_unit,
     unit_to_tanh,
 )
+from d3fmt.models.decoder import build_decoder
 
 
 def test_pixel_conventions():

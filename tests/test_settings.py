@@ -11,7 +11,7 @@ from d3fmt.distill.presets import DEFAULTS, PRESETS, preset_values
 from d3fmt.distill.settings import PackConfig, config_from_settings, pack_config, settings_json
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
-from d3fmt.evaluate import EvalConfig
+from d3fmt.evaluation.evaluate import EvalConfig
 
 
 def test_the_preset_fills_what_is_not_given_and_explicit_settings_win():
@@ -40,9 +40,10 @@ def test_every_default_has_one_value():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({}, "exactly one of --budget"),
-    ({"budget": 1, "max_bytes": 10}, "exactly one of --budget"),
-    ({"max_bytes": 0}, "--max-bytes must be positive"),
+    ({}, "exactly one of budget"),
+    ({"budget": 1, "max_bytes": 10}, "exactly one of budget"),
+    ({"budget": 0}, "budget must be > 0"),
+    ({"max_bytes": 0}, "max_bytes must be a positive byte count"),
     ({"budget": 1, "subtasks": 0}, "--subtasks must be at least 1"),
     ({"budget": 1, "subtasks": 2, "subtask": 2}, "--subtask must be in 0..1"),
     ({"budget": 1, "label_sample": 0}, "--label-sample must be >= 1"),

@@ -1,4 +1,4 @@
-"""The labelling teacher stored in a .d3 file (d3fmt.teacher): format, loader, evaluation, pack."""
+"""The labelling teacher stored in a .d3 file (d3fmt.models.teacher): format, loader, evaluation, pack."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from click.testing import CliRunner
 
 import d3fmt
 from d3fmt.cli import main
-from d3fmt.dataset import SampleOptions, decode_items, make_plan
 from d3fmt.distill.budget import MAX_AUTO_TEACHER_WIDTH, TEACHER_SHARE, fit_teacher, teacher_bytes
 from d3fmt.errors import ConfigError, FormatError
-from d3fmt.evaluate import label_mode
+from d3fmt.evaluation.evaluate import label_mode
 from d3fmt.format import D3Reader, encode_d3, read_d3, write_d3
+from d3fmt.loader.dataset import SampleOptions, decode_items, make_plan
+from d3fmt.loader.example import random_container
+from d3fmt.loader.representation import Representation
 from d3fmt.models.convnet import ConvNet
-from d3fmt.representation import Representation, random_container
-from d3fmt.teacher import (
+from d3fmt.models.teacher import (
     TeacherConfig,
     attach_teacher,
     build_teacher,
@@ -188,7 +189,7 @@ def test_pack_compare_records_the_best_same_bytes_codec(tmp_path):
 
 def test_teacher_width_option_parses_auto_and_defaults_to_none():
     from d3fmt.distill.settings import pack_config
-    from d3fmt.teacher import AUTO_TEACHER
+    from d3fmt.models.teacher import AUTO_TEACHER
 
     assert pack_config("digits", "x.d3", budget=10).teacher_width == 0  # off by default
     assert pack_config("digits", "x.d3", budget=10, teacher_width=AUTO_TEACHER).teacher_width == AUTO_TEACHER

@@ -6,7 +6,7 @@
 
 For every budget B (images per class; a file may use B * 10 * 28 * 28 * 4 bytes):
 
-  codecs  the honest competitor family (d3fmt.codecs): a balanced random real subset kept
+  codecs  the honest competitor family (d3fmt.evaluation.codecs): a balanced random real subset kept
           in the same bytes by each codec of ``Profile.codecs`` (PNG per image, zstd blocks,
           posterised pixels, WebP / JPEG class sheets, half-side downsampling); every codec
           is screened with one short run (``screen_steps``), then the best one trains with
@@ -15,7 +15,7 @@ For every budget B (images per class; a file may use B * 10 * 28 * 28 * 4 bytes)
           the same models train on its decoded stream for the same number of SGD steps;
   full    all 60,000 training images, the same steps (the ceiling).
 
-One protocol for every row (d3fmt.evaluate with ``EvalConfig.steps``): the same model,
+One protocol for every row (d3fmt.evaluation.evaluate with ``EvalConfig.steps``): the same model,
 batch, SGD steps, DSA augmentation, lr 0.01 divided by 10 at half the steps; the *final*
 model tested once on the 10,000 real test images. Results are written to
 benchmarks/fmnist.json after every row; a rerun with the same --out resumes, skipping the
@@ -42,15 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import cpu_model  # noqa: E402  (tools/machine.py: this script's directory is on sys.path)
 
 import d3fmt
-from d3fmt.baseline import evaluate_codecs
 from d3fmt.device import resolve_device
 from d3fmt.distill.launch import pack
 from d3fmt.distill.settings import pack_config
-from d3fmt.evaluate import EvalConfig, EvalResult, TestSet, evaluate_file, evaluate_real, pixel_mean_std
-from d3fmt.format import D3Reader, budget_bytes
+from d3fmt.evaluation.baseline import evaluate_codecs
+from d3fmt.evaluation.evaluate import EvalConfig, EvalResult, TestSet, evaluate_file, evaluate_real, pixel_mean_std
+from d3fmt.format import Budget, D3Reader
 from d3fmt.models.resnet import STANDARD_WIDTH
+from d3fmt.models.teacher import AUTO_TEACHER
 from d3fmt.sources import open_source
-from d3fmt.teacher import AUTO_TEACHER
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 TARGETS = {1: 0.81, 10: 0.88, 50: 0.90}  # D3 ConvNet targets (issue 10), and 1 point over the best codec
@@ -165,7 +165,7 @@ def get_d3(budget: int, profile: Profile, args, src: str, device) -> dict:
         return {"path": str(path), "file_bytes": r.file_bytes, "max_bytes": int(h["budget"]["max_bytes"]),
                 "latents_per_class": latents, "pack_seconds": seconds, "reused": reused,
                 "choices": h["budget"].get("choices", {}), "settings": h["provenance"].get("settings", {}),
-                "width": d3fmt.evaluate.file_convnet_width(path)}
+                "width": d3fmt.evaluation.evaluate.file_convnet_width(path)}
 
 
 def eval_config(profile: Profile, model: str, steps: int, runs: int, args, device, **kw) -> EvalConfig:
@@ -358,7 +358,7 @@ def main(argv=None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reduced", action="store_true", help="the CPU profile (REDUCED in this file)")
     ap.add_argument("--smoke", action="store_true", help="a minutes-long check that the script runs (SMOKE)")
-    ap.add_argument("--codecs", help="comma-separated codecs to screen [the profile's: all of d3fmt.codecs]")
+    ap.add_argument("--codecs", help="comma-separated codecs to screen [the profile's: all of d3fmt.evaluation.codecs]")
     ap.add_argument("--budgets", help="comma-separated budgets [the profile's: 1,10,50]")
     ap.add_argument("--runs", type=int, help="ConvNet runs per row [profile]")
     ap.add_argument("--iterations", type=int, help="distillation iterations at every budget [profile]")
@@ -441,7 +441,7 @@ def main(argv=None) -> dict:
     test_x, test_y = source.load("test")
     test = TestSet(test_x, test_y, f"{FASHION} test split ({len(test_y)} images)")
     for budget in profile.budgets:
-        cap = budget_bytes(budget, 10, (1, 28, 28))
+        cap = Budget.of(10, (1, 28, 28), budget=budget).max_bytes
         steps, resnet_steps = per_budget(profile.steps, budget), per_budget(profile.resnet_steps, budget)
         # 1. screen the codec family (one short run each), 2. the best codec with the full protocol
         screen = eval_config(profile, "convnet", profile.screen_steps, 1, args, device)
@@ -477,7 +477,7 @@ def main(argv=None) -> dict:
                 add(row("d3", budget, ev, f["file_bytes"], time.time() - t, max_bytes=f["max_bytes"],
                         labels=ev.details.get("labels")), f"budget {budget}: d3 {model}")
     if have("full", "convnet", None) is None and profile.full_steps:
-        from d3fmt.codecs import png_bytes
+        from d3fmt.evaluation.codecs import png_bytes
 
         t = time.time()
         png_total = sum(len(png_bytes(img)) for img in x)

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from bench_scale import SETTINGS
+from scale_settings import SETTINGS
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 # bench_scale's tiny settings, a 2-step autoencoder stage, and per-iteration batches bounded in classes

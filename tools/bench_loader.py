@@ -347,8 +347,8 @@ def decode_paths(path: str, batch: int) -> dict:
     import torch
 
     from d3fmt.format import D3Reader
+    from d3fmt.loader.representation import CPU_CHUNK
     from d3fmt.models.decoder import DecoderConfig, build_decoder, decode_mflop
-    from d3fmt.representation import CPU_CHUNK
 
     torch.set_num_threads(1)
     with D3Reader(path) as reader:

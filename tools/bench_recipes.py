@@ -43,14 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 
 import d3fmt  # noqa: E402
-from d3fmt.codecs import decode, fit_subset  # noqa: E402
 from d3fmt.distill.anchors import AnchorConfig, AnchorPool, AnchorSource, fit_anchors  # noqa: E402
 from d3fmt.distill.labels import train_teacher  # noqa: E402
-from d3fmt.evaluate import RECIPES, EvalConfig, evaluate_real, evaluate_representation, pixel_mean_std  # noqa: E402
-from d3fmt.format import D3Reader, budget_bytes, write_d3  # noqa: E402
-from d3fmt.representation import Representation  # noqa: E402
+from d3fmt.evaluation.codecs import decode, fit_subset  # noqa: E402
+from d3fmt.evaluation.evaluate import RECIPES, EvalConfig, evaluate_real, evaluate_representation, pixel_mean_std  # noqa: E402
+from d3fmt.format import D3Reader, write_d3
+from d3fmt.format.budget import Budget  # noqa: E402
+from d3fmt.loader.representation import Representation  # noqa: E402
+from d3fmt.models.teacher import TeacherConfig, attach_teacher  # noqa: E402
 from d3fmt.sources import open_source  # noqa: E402
-from d3fmt.teacher import TeacherConfig, attach_teacher  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 EVAL_RESERVE = 384  # header bytes a file keeps free for evaluation records
@@ -65,8 +66,11 @@ class Data:
         self.mean, self.std = pixel_mean_std(self.x)
         self.k = self.info.num_classes
 
+    def budget(self, budget: float) -> Budget:
+        return Budget.of(self.k, self.x.shape[1:], budget=budget)
+
     def cap(self, budget: float) -> int:
-        return budget_bytes(budget, self.k, self.x.shape[1:])
+        return self.budget(budget).max_bytes
 
 
 def teacher_model(data: Data, width: int, work: Path):
@@ -84,7 +88,7 @@ def teacher_model(data: Data, width: int, work: Path):
 def _carrier(data: Data, model):
     from d3fmt.distill.anchors import anchor_container
 
-    container, _ = anchor_container(_source(data), 1, AnchorConfig(bits=1), 1.0, 10**9, {},
+    container, _ = anchor_container(_source(data), 1, AnchorConfig(bits=1), data.budget(1000.0), {},
                                     lambda c: attach_teacher(c, model, 1.0))
     return container
 
@@ -103,7 +107,7 @@ def anchors_file(data: Data, budget: float, bits: int, teacher_width: int, work:
             model, temperature = rep.teacher
             finish = lambda c: attach_teacher(c, model, temperature)  # noqa: E731
         settings = {"representation": "anchors", "anchor_bits": bits, "teacher_width": teacher_width}
-        fit = fit_anchors(_source(data), AnchorConfig(bits=bits), budget, data.cap(budget), settings, finish,
+        fit = fit_anchors(_source(data), AnchorConfig(bits=bits), data.budget(budget), settings, finish,
                           reserve=EVAL_RESERVE)
         write_d3(path, fit.container)
     return path

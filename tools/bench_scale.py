@@ -34,11 +34,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-# Tiny settings shared by every run (see the module docstring).
-# `d3 pack` settings (the names of d3fmt.distill.settings.pack_config); warmup 0: trajectory matching throughout.
-SETTINGS = dict(iterations=2, num_experts=1, expert_epochs=1, syn_steps=1, match_epochs=1, convnet_width=8,
-                mmd_samples=2, mmd_real=4, label_sample=5, budget=10.0, decoder_width=32, latents_per_class=1,
-                warmup=0.0, checkpoint_every=0)
+from scale_settings import SETTINGS  # tools/ is on sys.path when this file runs as a script
 
 
 def peak_rss_mib() -> float:

@@ -110,11 +110,10 @@ def run_cuda_tests(work: Path) -> dict:
 def bench_file(work: Path, shape: tuple[int, int, int], samples_per_class: int) -> tuple[Path, dict]:
     """A .d3 file with a random decoder of the size the fitter picks at budget 10."""
     from d3fmt.distill.budget import BudgetRequest, fit_budget
-    from d3fmt.format import write_d3
-    from d3fmt.representation import random_container
+    from d3fmt.format import Budget, write_d3
+    from d3fmt.loader.example import random_container
 
-    max_bytes = 10 * NUM_CLASSES * shape[0] * shape[1] * shape[2] * 4
-    plan = fit_budget(BudgetRequest(NUM_CLASSES, shape, max_bytes, [NUM_CLASSES]))
+    plan = fit_budget(BudgetRequest(Budget.of(NUM_CLASSES, shape, budget=10), [NUM_CLASSES]))
     container = random_container(NUM_CLASSES, shape, family=plan.family, width=plan.width, z_dim=plan.z_dim,
                                  latents_per_class=plan.latents_per_class, samples_per_class=samples_per_class,
                                  encoding="float16")
@@ -126,7 +125,7 @@ def bench_file(work: Path, shape: tuple[int, int, int], samples_per_class: int) 
 
 def decode_rate(path: Path, device: torch.device, dtype: torch.dtype, sizes: Sizes) -> float:
     """Images/s of one D3Stream pass (the first batch, warm-up, left out)."""
-    from d3fmt.dataset import D3Stream
+    from d3fmt.loader.dataset import D3Stream
 
     stream = D3Stream(path, batch_size=sizes.decode_batch, device=device, dtype=dtype,
                       samples_per_class=sizes.decode_images // NUM_CLASSES)

@@ -18,18 +18,18 @@ bisection over real encodings.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from d3fmt import __version__
-from d3fmt.codecs import class_orders
 from d3fmt.distill.assemble import EVAL_RESERVE
 from d3fmt.errors import BudgetError, ConfigError
-from d3fmt.format import D3Container, budget_fields, encode_d3
+from d3fmt.evaluation.codecs import class_orders
+from d3fmt.format import D3Container, encode_d3
+from d3fmt.format.budget import Budget
 from d3fmt.format.levelcode import MAX_LEVELS, encode_levels
-from d3fmt.format.model import Budget, Header, Provenance
+from d3fmt.format.model import Header, Provenance, utc_now
 
 ANCHOR_VALUES = "anchors.values"
 ANCHOR_STREAM = "anchors.stream"
@@ -115,26 +115,23 @@ class AnchorSource:
     std: list[float]
 
 
-def anchor_container(src: AnchorSource, per_class: int, cfg: AnchorConfig, ipc: float, max_bytes: int,
-                     settings: dict, finish=None) -> tuple[D3Container, int]:
+def anchor_container(src: AnchorSource, per_class: int, cfg: AnchorConfig, budget: Budget, settings: dict,
+                     finish=None) -> tuple[D3Container, int]:
     """The container holding ``per_class`` anchors of every class, passed through
     ``finish(container)`` (e.g. attaching the teacher); returns it and the stream size."""
     k = len(src.class_names)
     c, h, w = src.image_shape
     stream, shape = encode_levels(to_levels(src.pool.images(per_class), cfg.levels), cfg.levels)
-    header = Header(
-        image_shape=[int(c), int(h), int(w)], num_classes=k, class_names=list(src.class_names),
-        normalization={"mean": [float(v) for v in src.mean], "std": [float(v) for v in src.std]},
-        labels="hard", samples_per_class=per_class, subtasks=[],
-        budget=Budget.from_json({**budget_fields(ipc, k, (c, h, w), 0), "max_bytes": max_bytes,
-                                 "choices": {"representation": "anchors", "anchor_bits": cfg.bits,
-                                             "anchors_per_class": per_class, "anchor_stream_bytes": len(stream)}}),
+    anchors = {"levels": cfg.levels, "lanes": shape.lanes, "counts": [per_class] * k,
+               "values": ANCHOR_VALUES, "stream": ANCHOR_STREAM}
+    header = Header.new(
+        image_shape=(c, h, w), class_names=list(src.class_names), mean=src.mean, std=src.std,
+        samples_per_class=per_class, subtasks=[], budget=budget, anchors=anchors,
+        choices={"representation": "anchors", "anchor_bits": cfg.bits, "anchors_per_class": per_class,
+                 "anchor_stream_bytes": len(stream)},
         provenance=Provenance(source=src.name, source_hash=src.content_hash, settings=settings,
-                              d3fmt_version=__version__,
-                              created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),
+                              d3fmt_version=__version__, created=utc_now()),
     ).to_json()
-    header["anchors"] = {"levels": cfg.levels, "lanes": shape.lanes, "counts": [per_class] * k,
-                         "values": ANCHOR_VALUES, "stream": ANCHOR_STREAM}
     values = np.tile(level_values(cfg.levels), (c, 1))  # [C, L]
     tensors = {ANCHOR_VALUES: values, ANCHOR_STREAM: np.frombuffer(stream, np.uint8).copy()}
     encodings = {ANCHOR_VALUES: "uint8", ANCHOR_STREAM: "uint8"}
@@ -144,14 +141,14 @@ def anchor_container(src: AnchorSource, per_class: int, cfg: AnchorConfig, ipc: 
     return container, len(stream)
 
 
-def fit_anchors(src: AnchorSource, cfg: AnchorConfig, ipc: float, max_bytes: int, settings: dict,
-                finish=None, reserve: int = 0) -> AnchorFit:
-    """The most anchors per class whose whole file is at most ``max_bytes - reserve``."""
-    cap = max_bytes - reserve
+def fit_anchors(src: AnchorSource, cfg: AnchorConfig, budget: Budget, settings: dict, finish=None,
+                reserve: int = 0) -> AnchorFit:
+    """The most anchors per class whose whole file is at most ``budget.max_bytes - reserve``."""
+    cap = budget.max_bytes - reserve
     smallest = src.pool.limit
 
     def size(n):
-        container, stream = anchor_container(src, n, cfg, ipc, max_bytes, settings, finish)
+        container, stream = anchor_container(src, n, cfg, budget, settings, finish)
         return container, stream, len(encode_d3(container))
 
     lo, hi = 0, 1
@@ -201,22 +198,22 @@ def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
     file is evaluated (``cfg.evaluation``) and written once, atomically."""
     from d3fmt.device import resolve_device
     from d3fmt.distill.budget import fit_teacher
-    from d3fmt.distill.job import STATS_PER_CLASS, max_bytes_of, open_pack_source, sample_stats
+    from d3fmt.distill.job import STATS_PER_CLASS, open_pack_source, sample_stats
     from d3fmt.distill.labels import label_sample, train_teacher
     from d3fmt.distill.settings import settings_json
-    from d3fmt.evaluate import evaluate_representation
+    from d3fmt.evaluation.evaluate import evaluate_representation
     from d3fmt.format.container import atomic_write
+    from d3fmt.loader.representation import Representation
+    from d3fmt.models.teacher import AUTO_TEACHER, attach_teacher
     from d3fmt.progress import bar
-    from d3fmt.representation import Representation
     from d3fmt.seeds import derive_seed
-    from d3fmt.teacher import AUTO_TEACHER, attach_teacher
 
     source = open_pack_source(cfg)
     info = source.info
     device = resolve_device(cfg.device)
-    ipc, max_bytes = max_bytes_of(cfg, info.num_classes, info.image_shape)
+    budget = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget, max_bytes=cfg.max_bytes)
     mean, std = sample_stats(source, STATS_PER_CLASS)
-    width = fit_teacher(info.num_classes, tuple(info.image_shape), max_bytes,
+    width = fit_teacher(info.num_classes, tuple(info.image_shape), budget.max_bytes,
                         None if cfg.teacher_width == AUTO_TEACHER else cfg.teacher_width)
     finish = None
     if width:
@@ -233,7 +230,7 @@ def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
 
     src = AnchorSource(AnchorPool.of_source(source, anchor.seed), tuple(info.image_shape), list(info.class_names),
                        info.name, info.content_hash, mean, std)
-    fit = fit_anchors(src, anchor, ipc, max_bytes, settings_json(cfg), finish, reserve=EVAL_RESERVE)
+    fit = fit_anchors(src, anchor, budget, settings_json(cfg), finish, reserve=EVAL_RESERVE)
     container = fit.container
     evaluation = None
     if cfg.evaluation is not None:
@@ -242,8 +239,9 @@ def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
         evaluation = evaluate_representation(rep, test_x, test_y, cfg.evaluation)
         container.header["evals"].append(evaluation.record(f"{info.name} [test split, {info.num_test} images]"))
     data = encode_d3(container)
-    if len(data) > max_bytes:
-        raise BudgetError(f"the anchors file needs {len(data):,} bytes, over the cap of {max_bytes:,}; "
+    if len(data) > budget.max_bytes:
+        raise BudgetError(f"the anchors file needs {len(data):,} bytes, over the cap of {budget.max_bytes:,}; "
                           "pack again with a larger --budget")
     atomic_write(cfg.output, data)
-    return AnchorPackResult(Path(cfg.output), len(data), max_bytes, fit.per_class, anchor.bits, width, evaluation)
+    return AnchorPackResult(Path(cfg.output), len(data), budget.max_bytes, fit.per_class, anchor.bits, width,
+                            evaluation)

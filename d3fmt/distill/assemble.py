@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -20,9 +19,9 @@ from d3fmt.distill.budget import BudgetPlan
 from d3fmt.distill.settings import PackConfig, settings_json
 from d3fmt.distill.trainer import DistillResult
 from d3fmt.errors import BudgetError
-from d3fmt.evaluate import EvalConfig
-from d3fmt.format import D3Container, budget_fields, encode_d3
-from d3fmt.format.model import Budget, Header, Provenance, Subtask, TensorNames
+from d3fmt.evaluation.evaluate import EvalConfig
+from d3fmt.format import Budget, D3Container, encode_d3
+from d3fmt.format.model import Header, Provenance, Subtask, TensorNames, utc_now
 from d3fmt.models.decoder import build_decoder
 
 EVAL_RESERVE = 384  # header bytes kept free for evaluation records added later
@@ -42,24 +41,15 @@ def default_stream_size(latents_per_class: int) -> int:
     return max(MIN_STREAM_PER_CLASS, 2 * latents_per_class)
 
 
-def make_header(info, parts, plan, ipc, max_bytes, mean, std, cfg: PackConfig, lr: float) -> dict:
+def make_header(info, parts, plan: BudgetPlan, budget: Budget, mean, std, cfg: PackConfig, lr: float) -> dict:
     """The header (as JSON) of a job's file, before training: no evaluation yet, bytes_used 0."""
-    soft = cfg.soft_labels
-    return Header(
-        image_shape=list(info.image_shape),
-        num_classes=info.num_classes,
-        class_names=list(info.class_names),
-        normalization={"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        labels="soft" if soft else "hard",
+    return Header.new(
+        image_shape=info.image_shape, class_names=info.class_names, mean=mean, std=std,
         samples_per_class=cfg.samples_per_class or default_stream_size(plan.latents_per_class),
-        train={"lr": float(lr)},
-        subtasks=[subtask_entry(i, p, plan, soft) for i, p in enumerate(parts)],
-        budget=Budget.from_json({**budget_fields(ipc, info.num_classes, info.image_shape, 0), "max_bytes": max_bytes,
-                                 "choices": plan.choices()}),
+        subtasks=[subtask_entry(i, p, plan, cfg.soft_labels) for i, p in enumerate(parts)],
+        budget=budget, choices=plan.choices(), train_lr=lr,
         provenance=Provenance(source=info.name, source_hash=info.content_hash, settings=settings_json(cfg),
-                              d3fmt_version=__version__,
-                              created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),
-        evals=[],
+                              d3fmt_version=__version__, created=utc_now()),
     ).to_json()
 
 

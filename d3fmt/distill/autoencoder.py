@@ -37,9 +37,9 @@ from safetensors import safe_open
 from d3fmt.distill.experts import data_fingerprint, eval_batch
 from d3fmt.distill.storage import save_tensors
 from d3fmt.errors import ConfigError
+from d3fmt.loader.representation import denormalize, unit_to_tanh
 from d3fmt.models.decoder import LEAKY_SLOPE, Decoder, DecoderConfig, build_decoder
 from d3fmt.pixels import Pixels
-from d3fmt.representation import denormalize, unit_to_tanh
 
 LOGVAR_RANGE = (-10.0, 2.0)  # bounds of the stored prior log-variances
 PRIOR_MODES = ("kmeans", "images")

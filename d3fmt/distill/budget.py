@@ -47,6 +47,7 @@ from typing import Callable
 import numpy as np
 
 from d3fmt.errors import BudgetError, ConfigError
+from d3fmt.format.budget import Budget
 from d3fmt.models.decoder import DecoderConfig, decode_mflop, decoder_param_shapes
 
 PRIOR_SHARE = 0.45  # at most this share of the budget goes to latent means + log-variances
@@ -70,14 +71,11 @@ DECODE_KFLOP_PER_PIXEL = 20.0  # default decode cap: kFLOP per output pixel (H *
 
 @dataclass
 class BudgetRequest:
-    """What the fitter must fit: the data's shape and the byte cap."""
+    """What the fitter must fit: the byte cap (with the data's shape) and the subtasks."""
 
-    num_classes: int
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    max_bytes: int
+    budget: Budget  # the byte cap, the class count and the image shape
     subtask_classes: list[int]  # number of classes in each subtask
     soft_labels: bool = True
-    ipc: float | None = None  # the requested images-per-class, when given as --budget
     reserve: int = 0  # bytes kept free for later evaluation records
     # user overrides (None = let the fitter choose)
     family: str | None = None
@@ -96,9 +94,16 @@ class BudgetRequest:
         return self.max_decode_mflop if self.max_decode_mflop > 0 else None
 
     @property
-    def image_bytes_fp32(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w * 4
+    def num_classes(self) -> int:
+        return self.budget.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:  # (C, H, W)
+        return self.budget.image_shape
+
+    @property
+    def max_bytes(self) -> int:
+        return self.budget.max_bytes
 
 
 @dataclass
@@ -250,8 +255,7 @@ def _z_options(req: BudgetRequest, family: str) -> list[int]:
 def _lpc_default(req: BudgetRequest) -> int:
     if req.latents_per_class is not None:
         return req.latents_per_class
-    ipc = req.ipc if req.ipc is not None else req.max_bytes / (req.num_classes * req.image_bytes_fp32)
-    return int(min(MAX_DEFAULT_LATENTS, max(MIN_LATENTS, round(LATENTS_PER_IPC * ipc))))
+    return int(min(MAX_DEFAULT_LATENTS, max(MIN_LATENTS, round(LATENTS_PER_IPC * req.budget.ipc))))
 
 
 def _prior_bytes(req: BudgetRequest, z: int, lpc: int) -> int:
@@ -359,8 +363,6 @@ def _shrink_to_measured(req, plan, target, measure) -> BudgetPlan:
 
 
 def _check_request(req: BudgetRequest) -> None:
-    if req.max_bytes <= 0:
-        raise ConfigError(f"the byte budget must be positive, got {req.max_bytes}; pass --budget or --max-bytes > 0")
     if req.weight_encoding is not None and req.weight_encoding not in ENCODINGS:
         raise ConfigError(f"unknown encoding {req.weight_encoding!r}; use one of {', '.join(ENCODINGS)}")
     if req.max_decode_mflop is not None and not req.max_decode_mflop >= 0:
@@ -377,7 +379,7 @@ MIN_TEACHER_WIDTH = 4
 def teacher_bytes(num_classes: int, image_shape: tuple[int, int, int], width: int) -> int:
     """Upper bound of what a teacher of ``width`` adds to a file: its sections (raw, int8
     kernels and matrices, float16 vectors) plus their header entries."""
-    from d3fmt.teacher import section_encoding, teacher_config, teacher_param_shapes
+    from d3fmt.models.teacher import section_encoding, teacher_config, teacher_param_shapes
 
     c, h, _ = image_shape
     shapes = teacher_param_shapes(teacher_config(c, num_classes, h, width))
@@ -401,7 +403,7 @@ def fit_teacher(num_classes: int, image_shape: tuple[int, int, int], max_bytes: 
 
 def _too_small(req: BudgetRequest) -> BudgetError:
     need = smallest_bytes(req)
-    ipc = need / (req.num_classes * req.image_bytes_fp32)
+    ipc = req.budget.ipc_of(need)
     return BudgetError(
         f"no configuration fits in {req.max_bytes} bytes; the smallest needs about {need} bytes "
         f"(--budget {math.ceil(ipc * 100) / 100:g} or --max-bytes {need})"

@@ -24,13 +24,13 @@ from d3fmt.distill.assemble import EVAL_RESERVE, make_header, measure_plan, plac
 from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, fit_teacher, gaussian_ratios, teacher_bytes
 from d3fmt.distill.settings import PackConfig, run_key
 from d3fmt.errors import BudgetError, ConfigError
-from d3fmt.evaluate import EvalResult
-from d3fmt.format import budget_bytes
+from d3fmt.evaluation.evaluate import EvalResult
+from d3fmt.format.budget import Budget
+from d3fmt.models.teacher import AUTO_TEACHER
 from d3fmt.pixels import Pixels
 from d3fmt.sources import open_source
 from d3fmt.sources.cache import CacheConfig
 from d3fmt.sources.stats import MIN_STD, PixelMoments
-from d3fmt.teacher import AUTO_TEACHER
 
 STATS_PER_CLASS = 64  # images per class behind the stored normalisation (mean, std)
 
@@ -53,13 +53,16 @@ class PackContext:
     cfg: PackConfig
     source: object  # d3fmt.sources.Source
     info: object  # d3fmt.sources.SourceInfo
-    ipc: float
-    max_bytes: int
+    budget: Budget
     partition: list[list[int]]
     plan: BudgetPlan
     mean: list[float]
     std: list[float]
     run_dir: Path
+
+    @property
+    def max_bytes(self) -> int:
+        return self.budget.max_bytes
 
 
 def partition_classes(num_classes: int, subtasks: int) -> list[list[int]]:
@@ -73,13 +76,6 @@ def partition_hash(partition: list[list[int]]) -> str:
     """A short digest naming a class partition (parts of one job must agree on it)."""
     blob = json.dumps(partition, separators=(",", ":")).encode()
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
-
-
-def max_bytes_of(cfg: PackConfig, num_classes: int, image_shape) -> tuple[float, int]:
-    """(ipc, max_bytes) from --budget or --max-bytes."""
-    if cfg.budget is not None:
-        return float(cfg.budget), budget_bytes(cfg.budget, num_classes, image_shape)
-    return cfg.max_bytes / budget_bytes(1, num_classes, image_shape), int(cfg.max_bytes)
 
 
 def pack_cache(cfg: PackConfig) -> CacheConfig | None:
@@ -98,42 +94,41 @@ def prepare(cfg: PackConfig) -> PackContext:
     """Open the source, fit the budget, compute the normalisation: the same in every process."""
     source = open_pack_source(cfg)
     info = source.info
-    ipc, max_bytes = max_bytes_of(cfg, info.num_classes, info.image_shape)
+    budget = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget, max_bytes=cfg.max_bytes)
     partition = partition_classes(info.num_classes, cfg.subtasks)
-    plan = fit(cfg, info, partition, ipc, max_bytes)
+    plan = fit(cfg, info, partition, budget)
     mean, std = sample_stats(source, STATS_PER_CLASS)
     run_dir = Path(cfg.work_dir) / "runs" / run_key(cfg, info.content_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return PackContext(cfg, source, info, ipc, max_bytes, partition, plan, mean, std, run_dir)
+    return PackContext(cfg, source, info, budget, partition, plan, mean, std, run_dir)
 
 
-def fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int) -> BudgetPlan:
+def fit(cfg: PackConfig, info, parts, budget: Budget) -> BudgetPlan:
     """The budget plan: the teacher's bytes are set aside first (``fit_teacher``), the
     priors and decoders fill the rest; a fitter-chosen teacher is dropped when nothing
     else would fit beside it."""
     shape = tuple(info.image_shape)
     auto = cfg.teacher_width == AUTO_TEACHER
-    teacher = fit_teacher(info.num_classes, shape, max_bytes, None if auto else cfg.teacher_width)
+    teacher = fit_teacher(info.num_classes, shape, budget.max_bytes, None if auto else cfg.teacher_width)
     try:
-        return _fit(cfg, info, parts, ipc, max_bytes, teacher)
+        return _fit(cfg, info, parts, budget, teacher)
     except BudgetError:
         if teacher == 0 or not auto:
             raise
-        return _fit(cfg, info, parts, ipc, max_bytes, 0)
+        return _fit(cfg, info, parts, budget, 0)
 
 
-def _fit(cfg: PackConfig, info, parts, ipc: float, max_bytes: int, teacher: int) -> BudgetPlan:
+def _fit(cfg: PackConfig, info, parts, budget: Budget, teacher: int) -> BudgetPlan:
     shape = tuple(info.image_shape)
     reserve = EVAL_RESERVE + (teacher_bytes(info.num_classes, shape, teacher) if teacher else 0)
     req = BudgetRequest(
-        num_classes=info.num_classes, image_shape=shape, max_bytes=max_bytes,
-        subtask_classes=[len(p) for p in parts], soft_labels=cfg.soft_labels, ipc=ipc, reserve=reserve,
+        budget=budget, subtask_classes=[len(p) for p in parts], soft_labels=cfg.soft_labels, reserve=reserve,
         family=cfg.family, z_dim=cfg.z_dim, latents_per_class=cfg.latents_per_class, width=cfg.decoder_width,
         weight_encoding=cfg.encoding, ratios=gaussian_ratios(), max_decode_mflop=cfg.max_decode_mflop,
     )
     ones = [0.5] * info.image_shape[0]
     plan = fit_budget(req, measure=lambda plan: measure_plan(
-        lambda p: placeholders(make_header(info, parts, p, ipc, max_bytes, ones, ones, cfg, 0.01)), plan))
+        lambda p: placeholders(make_header(info, parts, p, budget, ones, ones, cfg, 0.01)), plan))
     plan.teacher_width = teacher
     return plan
 

@@ -18,15 +18,15 @@ from d3fmt.distill.experts import train_experts
 from d3fmt.distill.job import class_heads
 from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import ConfigError
-from d3fmt.evaluate import EvalConfig, real_epochs, train_model
+from d3fmt.evaluation.evaluate import EvalConfig, real_epochs, train_model
 from d3fmt.format import D3Container
+from d3fmt.loader.representation import tanh_to_normalized
 from d3fmt.models.convnet import ConvNet, load_flat_
 from d3fmt.models.decoder import build_decoder
+from d3fmt.models.teacher import MIN_TEACHER_STEPS, TeacherConfig, attach_teacher, teacher_config
 from d3fmt.pixels import Pixels
 from d3fmt.progress import bar
-from d3fmt.representation import tanh_to_normalized
 from d3fmt.seeds import derive_seed
-from d3fmt.teacher import MIN_TEACHER_STEPS, TeacherConfig, attach_teacher, teacher_config
 
 LABEL_BATCH = 1024  # priors decoded at once when assigning soft labels
 
@@ -78,7 +78,7 @@ def soft_labels(teacher, container: D3Container, device) -> dict[int, np.ndarray
 
 def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None:
     """Train the labelling teacher the plan sized (``budget.choices.teacher_width``) on the
-    source's training images and store it in ``container`` (:mod:`d3fmt.teacher`).
+    source's training images and store it in ``container`` (:mod:`d3fmt.models.teacher`).
 
     It trains on the first ``teacher.per_class`` training images of every class (default
     6,000: all of Fashion-MNIST, 47 MB as uint8; on ImageNet about 1,300 per class, so pick
@@ -104,7 +104,7 @@ def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None
 def train_teacher(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, mean, std, cfg: TeacherConfig,
                   device="cpu", seed: int = 0, progress=None) -> ConvNet:
     """Train the teacher on real uint8 images [N, C, H, W] with the evaluation protocol
-    (:func:`d3fmt.evaluate.train_model`: SGD momentum 0.9, wd 5e-4, DSA, lr / 10 at half)."""
+    (:func:`d3fmt.evaluation.evaluate.train_model`: SGD momentum 0.9, wd 5e-4, DSA, lr / 10 at half)."""
     if not cfg.enabled:
         raise ConfigError("the teacher is disabled (width 0); give --teacher-width N")
     c, h, _ = (int(v) for v in np.shape(x_uint8)[1:])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, fields, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,13 @@ from d3fmt.distill.job import PackResult, open_pack_source, partition_classes, p
 from d3fmt.distill.labels import add_teacher, label_teacher, soft_labels
 from d3fmt.distill.settings import PackConfig, config_from_settings, run_key
 from d3fmt.errors import BudgetError, ConfigError, D3Error, FormatError, MergeError
-from d3fmt.evaluate import EvalConfig, EvalResult, evaluate_representation
-from d3fmt.format import D3Container, D3Reader, budget_fields, encode_d3, read_d3, write_d3
+from d3fmt.evaluation.evaluate import EvalConfig, EvalResult, evaluate_representation
+from d3fmt.format import D3Container, D3Reader, encode_d3, read_d3, write_d3
 from d3fmt.format.container import atomic_write
-from d3fmt.format.model import Budget, Header, Subtask
+from d3fmt.format.model import BudgetRecord, Header, Subtask, utc_now
 from d3fmt.format.sections import soft_section
+from d3fmt.loader.representation import Representation
 from d3fmt.progress import bar
-from d3fmt.representation import Representation
 
 # Settings that may differ between parts: where the data and the test set live, and how
 # the merged file is evaluated (decided at the merge).
@@ -213,12 +212,11 @@ def combine(parts: list[Part], complete: bool = True) -> D3Container:
     header.labels = "hard"
     header.evals = []
     header.train = {"lr": float(np.mean([lrs[i] for i in ids]))}
-    budget = header.budget
-    header.budget = Budget.from_json({**budget_fields(budget.ipc, header.num_classes, header.image_shape, 0),
-                                      "max_bytes": budget.max_bytes,
-                                      "choices": budget.choices if budget.choices is not None else {}})
+    record = header.budget
+    header.budget = BudgetRecord.of(record.budget(header.num_classes, header.image_shape),
+                                    record.choices if record.choices is not None else {})
+    header.provenance.created = utc_now()
     prov = header.provenance
-    prov.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if complete:
         header.partial = None
         prov.part = None
@@ -275,10 +273,10 @@ def evaluate_pending(container: D3Container, test_x, test_y, cfg: PackConfig, de
 
 
 def compare_codecs(container: D3Container, source, test_x, test_y, cfg: PackConfig, device):
-    """The same-bytes codec family (d3fmt.baseline.compare_same_bytes) at the file's bytes,
+    """The same-bytes codec family (d3fmt.evaluation.baseline.compare_same_bytes) at the file's bytes,
     trained and tested like the file's own evaluation (`d3 pack --compare`)."""
-    from d3fmt.baseline import compare_same_bytes
-    from d3fmt.evaluate import TestSet
+    from d3fmt.evaluation.baseline import compare_same_bytes
+    from d3fmt.evaluation.evaluate import TestSet
 
     x, y = source.load("train")
     test = TestSet(test_x, np.asarray(test_y, np.int64), f"{source.info.name} [test split]")

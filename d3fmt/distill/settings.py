@@ -24,8 +24,9 @@ from d3fmt.distill.experts import ExpertConfig
 from d3fmt.distill.presets import DEFAULTS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
-from d3fmt.evaluate import EvalConfig
-from d3fmt.teacher import AUTO_TEACHER, MAX_TEACHER_WIDTH, TeacherConfig
+from d3fmt.evaluation.evaluate import EvalConfig
+from d3fmt.format.budget import check_budget_args
+from d3fmt.models.teacher import AUTO_TEACHER, MAX_TEACHER_WIDTH, TeacherConfig
 
 
 @dataclass
@@ -63,7 +64,7 @@ class PackConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluation: EvalConfig | None = field(default_factory=EvalConfig)  # None = --no-eval
     quiet: bool = DEFAULTS["quiet"]
-    # the labelling teacher stored in the file (d3fmt.teacher): its width, 0 = none (the default),
+    # the labelling teacher stored in the file (d3fmt.models.teacher): its width, 0 = none (the default),
     # AUTO_TEACHER = the budget fitter's choice
     teacher_width: int = DEFAULTS["teacher_width"]
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -74,10 +75,9 @@ class PackConfig:
     workers: int | None = DEFAULTS["workers"]  # processes decoding into the cache; None: the usable CPUs
 
     def __post_init__(self):
-        if (self.budget is None) == (self.max_bytes is None):
-            raise ConfigError("give exactly one of --budget (images per class) or --max-bytes")
-        if self.max_bytes is not None and self.max_bytes <= 0:
-            raise ConfigError(f"--max-bytes must be positive, got {self.max_bytes}")
+        check_budget_args(self.budget, self.max_bytes)
+        if self.budget is not None:
+            self.budget = float(self.budget)  # the same header ipc from Python as from the CLI
         if self.subtasks < 1:
             raise ConfigError(f"--subtasks must be at least 1, got {self.subtasks}")
         if self.subtask is not None and not 0 <= self.subtask < self.subtasks:

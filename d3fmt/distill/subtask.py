@@ -75,7 +75,7 @@ def part_container(ctx: PackContext, i: int, result, trajectories) -> D3Containe
     """Subtask ``i`` as a partial container: its priors and decoder in the planned
     encodings, hard labels (soft labels come after the merge), the job's header fields
     and ``provenance.part`` (subtask count, partition digest, learned lr, expert accuracy)."""
-    header = make_header(ctx.info, ctx.partition, ctx.plan, ctx.ipc, ctx.max_bytes, ctx.mean, ctx.std,
+    header = make_header(ctx.info, ctx.partition, ctx.plan, ctx.budget, ctx.mean, ctx.std,
                          ctx.cfg, result.lr)
     entry = header["subtasks"][i]
     entry["tensors"].pop("soft", None)

@@ -37,7 +37,7 @@ spiky; ``max_start_epoch`` bounds t as in the reference.
 
 Pixels: the decoder emits t in [-1, 1]; the ConvNets see ``(t + 1) / 2`` normalised with
 the per-channel ``mean``/``std`` of :class:`DistillConfig` (the rule of
-``d3fmt.representation``), i.e. the same normalisation the experts were trained with.
+``d3fmt.loader.representation``), i.e. the same normalisation the experts were trained with.
 
 All randomness (experts, epochs, eps, DSA, real samples) comes from one CPU
 ``torch.Generator`` seeded with ``seed``, and the decoder is initialised under a forked
@@ -67,10 +67,10 @@ from d3fmt.distill.mmd import BANDWIDTHS, mmd2
 from d3fmt.distill.mtt import trajectory_matching_loss
 from d3fmt.distill.storage import restore_rng, rng_state_tensor, save_tensors
 from d3fmt.errors import ConfigError, D3IOError, TrainingError
+from d3fmt.loader.representation import tanh_to_normalized
 from d3fmt.models.convnet import ConvNet, ParamLayout, functional_features
 from d3fmt.models.decoder import Decoder, DecoderConfig, build_decoder
 from d3fmt.pixels import select
-from d3fmt.representation import tanh_to_normalized
 
 CHECKPOINT_NAME = "distill_checkpoint.safetensors"
 CHECKPOINT_VERSION = 1

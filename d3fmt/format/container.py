@@ -21,6 +21,7 @@ import numpy as np
 
 from d3fmt.errors import ConfigError, D3IOError, FormatError, IntegrityError, LimitError
 from d3fmt.format import compression
+from d3fmt.format.budget import usage_fields
 from d3fmt.format.constants import (
     FLAG_HEADER_ZSTD,
     FORMAT_MINOR,
@@ -34,7 +35,6 @@ from d3fmt.format.decoders import check_decoders
 from d3fmt.format.encoding import decode_tensor, default_encoding, encode_tensor
 from d3fmt.format.header import (
     SectionInfo,
-    budget_fields,
     check_eval_record,
     check_semantics,
     dump_header,
@@ -191,11 +191,9 @@ def _refresh_budget(budget: dict, header: dict, size: int) -> dict:
     new = dict(budget)
     new["bytes_used"] = size
     try:
-        fields = budget_fields(budget["ipc"], header["num_classes"], header["image_shape"], size)
+        new.update(usage_fields(header["num_classes"], header["image_shape"], size))
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return new  # the header is invalid anyway; validation will say why
-    new["ipc_equivalent_fp32"] = fields["ipc_equivalent_fp32"]
-    new["ipc_equivalent_uint8"] = fields["ipc_equivalent_uint8"]
+        pass  # the header is invalid anyway; validation will say why
     return new
 
 

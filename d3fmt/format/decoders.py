@@ -19,7 +19,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_WIDTH = 4096
 MAX_Z_DIM = 1 << 16
 MAX_CHANNELS = 64
-MAX_LATENTS_PER_CLASS = 1 << 20  # what the loader accepts (d3fmt.representation)
+MAX_LATENTS_PER_CLASS = 1 << 20  # what the loader accepts (d3fmt.loader.representation)
 
 
 def default_start_size(image_size: int) -> int:

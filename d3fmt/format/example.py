@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from d3fmt.format.budget import Budget
 from d3fmt.format.container import D3Container
 from d3fmt.format.decoders import DecoderConfig, decoder_param_shapes
-from d3fmt.format.header import budget_fields
-from d3fmt.format.model import Budget, Header, Provenance, Subtask, TensorNames
+from d3fmt.format.model import Header, Provenance, Subtask, TensorNames
 from d3fmt.format.sections import tensor_names
 
 
@@ -29,23 +29,12 @@ def example_container(
     seed: int = 0,
     family: str = "linear",
     width: int = 8,
+    samples_per_class: int = 10,
 ) -> D3Container:
     """num_classes classes split round-robin over num_subtasks subtasks, one linear decoder each."""
     rng = np.random.default_rng(seed)
     c, h, w = image_shape
-    header = Header(
-        image_shape=[c, h, w],
-        num_classes=num_classes,
-        class_names=[f"class{k}" for k in range(num_classes)],
-        normalization={"mean": [0.5] * c, "std": [0.25] * c},
-        labels="soft" if soft else "hard",
-        samples_per_class=10,
-        subtasks=[],
-        budget=Budget.from_json(budget_fields(1, num_classes, image_shape, 0)),
-        provenance=Provenance(source="example", source_hash="0" * 16, settings={"seed": seed},
-                              d3fmt_version="0.1.0", created="2025-01-01T00:00:00Z"),
-        evals=[],
-    )
+    subtasks = []
     tensors: dict[str, np.ndarray] = {}
     encodings: dict[str, str] = {}
     for i in range(num_subtasks):
@@ -68,7 +57,7 @@ def example_container(
         for name in names.values():
             for n in (name.values() if isinstance(name, dict) else [name]):
                 encodings[n] = encoding
-        header.subtasks.append(Subtask(
+        subtasks.append(Subtask(
             id=i,
             classes=classes,
             latents_per_class=latents_per_class,
@@ -76,4 +65,10 @@ def example_container(
             decoder=decoder,
             tensors=TensorNames.from_json(names),
         ))
+    header = Header.new(
+        image_shape=image_shape, class_names=[f"class{k}" for k in range(num_classes)], mean=[0.5] * c,
+        std=[0.25] * c, samples_per_class=samples_per_class, subtasks=subtasks, budget=Budget.of(num_classes, image_shape, budget=1),
+        provenance=Provenance(source="example", source_hash="0" * 16, settings={"seed": seed},
+                              d3fmt_version="0.1.0", created="2025-01-01T00:00:00Z"),
+    )
     return D3Container(header.to_json(), tensors, encodings)

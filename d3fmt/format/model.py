@@ -1,7 +1,7 @@
 """The header of a .d3 file as typed dataclasses, to and from its JSON (torch-free).
 
 :class:`Header` holds every header key except ``sections`` (spec/format.md); its parts
-are :class:`Subtask` (with its :class:`TensorNames`), :class:`Budget`,
+are :class:`Subtask` (with its :class:`TensorNames`), :class:`BudgetRecord`,
 :class:`Provenance` and :class:`EvalRecord`. ``from_json(d).to_json() == d`` for every
 valid header: optional keys stay absent when they were, and keys this version does not
 know are kept in ``extra`` and written back. Validation stays in
@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 
+from d3fmt.format.budget import Budget
 from d3fmt.format.sections import tensor_names
+
+
+def utc_now() -> str:
+    """The time as header fields spell it (``provenance.created``): 2025-01-01T00:00:00Z."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Record:
@@ -90,7 +97,7 @@ class Subtask(_Record):
 
 
 @dataclass
-class Budget(_Record):
+class BudgetRecord(_Record):
     """The byte cap and the file size, also in images-per-class equivalents."""
 
     ipc: float
@@ -102,6 +109,15 @@ class Budget(_Record):
     extra: dict = field(default_factory=dict)
 
     OPTIONAL = ("choices",)
+
+    @classmethod
+    def of(cls, budget: Budget, choices: dict | None = None) -> BudgetRecord:
+        """The block of a file not written yet (bytes_used 0: the writer fills it in)."""
+        return cls.from_json(budget.fields(0, choices))
+
+    def budget(self, num_classes: int, image_shape) -> Budget:
+        """The byte budget this block records."""
+        return Budget(self.ipc, self.max_bytes, int(num_classes), tuple(int(v) for v in image_shape))
 
 
 @dataclass
@@ -145,20 +161,45 @@ class Header(_Record):
     labels: str  # "hard" | "soft"
     samples_per_class: int  # the default stream size
     subtasks: list[Subtask]
-    budget: Budget
+    budget: BudgetRecord
     provenance: Provenance
     evals: list[EvalRecord] = field(default_factory=list)
     train: dict | None = None  # {"lr": learned student learning rate}
     partial: bool | None = None  # a part of a federated job
+    teacher: dict | None = None  # the labelling teacher (format 1.1; d3fmt.models.teacher.header_entry)
+    anchors: dict | None = None  # real images as context-coded levels (format 1.2; d3fmt.distill.anchors)
     extra: dict = field(default_factory=dict)
 
-    OPTIONAL = ("train", "partial")
+    OPTIONAL = ("train", "partial", "teacher", "anchors")
+
+    @classmethod
+    def new(cls, *, image_shape, class_names: list[str], mean, std, samples_per_class: int,
+            subtasks: list[Subtask], budget: Budget, provenance: Provenance, choices: dict | None = None,
+            train_lr: float | None = None, partial: bool | None = None, anchors: dict | None = None) -> Header:
+        """The one header builder of a file not written yet: no evaluation, bytes_used 0;
+        the labels are "soft" exactly when every subtask stores soft labels."""
+        soft = bool(subtasks) and all(s.tensors.soft is not None for s in subtasks)
+        return cls(
+            image_shape=[int(v) for v in image_shape],
+            num_classes=len(class_names),
+            class_names=list(class_names),
+            normalization={"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+            labels="soft" if soft else "hard",
+            samples_per_class=int(samples_per_class),
+            subtasks=subtasks,
+            budget=BudgetRecord.of(budget, choices),
+            provenance=provenance,
+            evals=[],
+            train=None if train_lr is None else {"lr": float(train_lr)},
+            partial=partial,
+            anchors=anchors,
+        )
 
     @classmethod
     def from_json(cls, d: dict) -> Header:
         own, extra = _split(cls, {k: v for k, v in d.items() if k != "sections"})
         own["subtasks"] = [Subtask.from_json(s) for s in own["subtasks"]]
-        own["budget"] = Budget.from_json(own["budget"])
+        own["budget"] = BudgetRecord.from_json(own["budget"])
         own["provenance"] = Provenance.from_json(own["provenance"])
         own["evals"] = [EvalRecord.from_json(e) for e in own.get("evals", [])]
         return cls(**own, extra=extra)

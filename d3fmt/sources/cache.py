@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from d3fmt.errors import D3IOError, SourceError
+from d3fmt.format.container import atomic_write
 from d3fmt.sources.base import BadImages, Part, SourceParts, one_line
 from d3fmt.sources.images import ImageDecodeError
 
@@ -178,12 +179,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, value: dict) -> None:
     """Atomic: a reader sees the old file, or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value).encode("utf-8"))
 
 
 def _logged_blocks(entry: Path) -> dict[tuple[str, int], list]:

@@ -20,7 +20,7 @@ Sampling contract (the same for both, and for ``d3 sample`` / ``d3 export``):
              or (image - mean) / std           with normalize=True (header normalization)
     label   =  c, or the prior's soft-label vector with labels="soft", or with
                labels="teacher" the stored teacher's softmax(teacher(normalised image) / T)
-               for this very sample (d3fmt.teacher); labels="auto" (the default) is
+               for this very sample (d3fmt.models.teacher); labels="auto" (the default) is
                "teacher" when the file stores a teacher, else "hard"
 
 So sample i of epoch e with seed s is one fixed tensor: read alone, in any batch, in any
@@ -47,12 +47,11 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from d3fmt.errors import ConfigError
-from d3fmt.noise import gaussian
-from d3fmt.representation import Representation, normalize
+from d3fmt.loader.noise import gaussian
+from d3fmt.loader.representation import Representation, normalize
 from d3fmt.seeds import mix_seed
 
 CLASS_STRIDE = 1 << 24  # noise index = class * CLASS_STRIDE + slot
-LABEL_MODES = ("auto", "hard", "soft", "teacher")
 
 
 @dataclass
@@ -124,18 +123,13 @@ def open_representation(path, device="cpu", dtype=torch.float32, classes=None) -
 
 def make_plan(rep: Representation, options: SampleOptions) -> SamplingPlan:
     """Validate the options against the file and fix the item -> draw mapping."""
-    if options.labels not in LABEL_MODES:
-        raise ConfigError(f"labels={options.labels!r} is unknown; use 'auto', 'hard', 'soft' or 'teacher'")
-    if options.labels == "auto":
+    if options.labels == "auto":  # the stored teacher when there is one, else hard
         options.labels = "teacher" if rep.has_teacher else "hard"
-    if options.labels == "soft" and not rep.has_soft:
-        raise ConfigError("this file stores no soft labels; use labels='hard'")
-    if options.labels == "soft" and rep.anchors.classes:
+    mode = rep.label_mode(options.labels)
+    if mode == "soft" and rep.anchors.classes:
         raise ConfigError("stored soft labels cover latent priors, and this file holds anchors; use labels='teacher' "
                           "or 'hard'")
-    if options.labels == "teacher":
-        if not rep.has_teacher:
-            raise ConfigError("this file stores no teacher; use labels='hard'")
+    if mode == "teacher":
         rep.normalization  # the teacher reads normalised images: FormatError now if the header lacks it
     classes = rep.classes if options.classes is None else [int(c) for c in options.classes]
     loaded = set(rep.classes)

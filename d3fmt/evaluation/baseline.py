@@ -8,7 +8,7 @@
   directory names). The subset is chosen so that its PNGs fit and one more image per
   class would not.
 - **codecs** (``d3 baseline codecs SRC --budget B``): the same balanced random subset kept
-  with each codec of :mod:`d3fmt.codecs` (PNG, zstd, posterised, WebP/JPEG sheets,
+  with each codec of :mod:`d3fmt.evaluation.codecs` (PNG, zstd, posterised, WebP/JPEG sheets,
   downsampled): the largest n per class whose stored bytes (blobs plus a label list) fit,
   each trained and tested; :func:`run_codecs` / :func:`evaluate_codecs` return one
   :class:`CodecResult` per codec. :func:`compare_file` (``d3 eval FILE --compare``) and
@@ -16,7 +16,7 @@
   .d3 file's exact bytes and give the ``compare`` object of its evaluation record.
 - **full** (``d3 baseline full SRC``): every training image, the ceiling.
 
-Both train fresh models with :func:`d3fmt.evaluate.evaluate_real` (DSA, SGD, lr / 10 at
+Both train fresh models with :func:`d3fmt.evaluation.evaluate.evaluate_real` (DSA, SGD, lr / 10 at
 half, the final model tested once) and normalise with the pixel mean / std of the images
 they train on -- all that a holder of those images would know.
 """
@@ -29,18 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from d3fmt.codecs import (
+from d3fmt.errors import ConfigError
+from d3fmt.evaluation.codecs import (
     CODECS,
     DEFAULT_COMPARE,
-    class_orders,
+    FittedSubset,
     decode,
-    decode_png,
     fit_subset,
     parse_codecs,
     png_bytes,
 )
-from d3fmt.errors import ConfigError
-from d3fmt.evaluate import (
+from d3fmt.evaluation.evaluate import (
     EvalConfig,
     EvalResult,
     TestSet,
@@ -48,61 +47,21 @@ from d3fmt.evaluate import (
     load_test_set,
     pixel_mean_std,
 )
-from d3fmt.format.header import budget_bytes
+from d3fmt.format.budget import Budget, check_budget_args
 
 
-@dataclass
-class RandomSubset:
-    """A balanced random subset of real training images stored as PNG files."""
-
-    per_class: int  # images per class
-    indices: np.ndarray  # [per_class * K] positions in the train split, class-major
-    labels: np.ndarray  # [per_class * K] int64
-    png: list[bytes]  # the encoded files, aligned with indices
-    max_bytes: int  # the budget's byte cap
-    used_bytes: int  # sum of the PNG sizes (<= max_bytes)
-    next_bytes: int | None  # the bytes with one more image per class (> max_bytes); None if a class ran out
-
-    def images(self, channels: int) -> np.ndarray:
-        """The subset decoded from its PNG bytes, uint8 [N, C, H, W]."""
-        if not self.png:
-            raise ConfigError("the random subset is empty; a larger --budget is needed")
-        return np.stack([decode_png(p, channels) for p in self.png])
+def random_subset(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_bytes: int,
+                  seed: int = 0) -> FittedSubset:
+    """The random baseline's subset: the largest n such that n random images of every class,
+    as PNG files plus their label list, fit ``max_bytes`` (the png codec of the family)."""
+    return fit_subset("png", train_x, train_y, num_classes, max_bytes, seed=seed)
 
 
-def choose_random_subset(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_bytes: int,
-                         seed: int = 0) -> RandomSubset:
-    """The largest n such that n random images of every class fit in ``max_bytes`` as PNGs.
-
-    Each class c is shuffled by a generator seeded with (seed, c), so a class's pick does
-    not depend on the other classes; the subset with n + 1 per class extends the one with
-    n. Images are encoded one round (one per class) at a time until the next round would
-    exceed the cap, or a class has no image left.
-    """
-    orders = class_orders(train_y, num_classes, seed)
-    limit = min(len(o) for o in orders)
-    chosen: list[list[tuple[int, bytes]]] = [[] for _ in range(num_classes)]
-    used, n, next_bytes = 0, 0, None
-    while n < limit:
-        round_files = [(int(orders[c][n]), png_bytes(train_x[orders[c][n]])) for c in range(num_classes)]
-        round_bytes = sum(len(f) for _, f in round_files)
-        if used + round_bytes > max_bytes:
-            next_bytes = used + round_bytes
-            break
-        for c, item in enumerate(round_files):
-            chosen[c].append(item)
-        used += round_bytes
-        n += 1
-    indices = np.array([i for per in chosen for i, _ in per], dtype=np.int64)
-    labels = np.repeat(np.arange(num_classes, dtype=np.int64), n)
-    files = [f for per in chosen for _, f in per]
-    return RandomSubset(n, indices, labels, files, int(max_bytes), used, next_bytes)
-
-
-def save_subset(subset: RandomSubset, class_names: list[str], out_dir) -> Path:
+def save_subset(subset: FittedSubset, class_names: list[str], out_dir) -> Path:
     """Write the chosen PNGs as an ImageFolder (``out_dir/<class>/<index>.png``), byte for byte."""
     out = Path(out_dir)
-    for k, (index, label, data) in enumerate(zip(subset.indices, subset.labels, subset.png)):
+    _, labels = decode(subset.encoded)
+    for index, label, data in zip(subset.indices, labels, subset.encoded.blobs):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", class_names[int(label)]) or f"class{int(label)}"
         folder = out / f"{int(label):03d}_{name}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -173,19 +132,19 @@ def run_random(cfg: BaselineConfig, progress=None) -> BaselineResult:
         raise ConfigError("the random baseline needs --budget B (images per class)")
     source, x, y, test = _open(cfg)
     info = source.info
-    max_bytes = budget_bytes(cfg.budget, info.num_classes, info.image_shape)
-    subset = choose_random_subset(x, y, info.num_classes, max_bytes, seed=cfg.seed)
+    max_bytes = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget).max_bytes
+    subset = random_subset(x, y, info.num_classes, max_bytes, seed=cfg.seed)
     if subset.per_class == 0:
         raise ConfigError(f"not even one PNG per class fits in {max_bytes} bytes (budget {cfg.budget}); "
                           "use a larger --budget")
     if cfg.out:
         save_subset(subset, info.class_names, cfg.out)
-    train_x = subset.images(info.image_shape[0])  # [n*K, C, H, W] decoded from the PNGs
+    train_x, train_y = decode(subset.encoded)  # [n*K, C, H, W] decoded from the PNGs, class-major
     mean, std = pixel_mean_std(train_x)
-    ev = evaluate_real(train_x, subset.labels, test.x, test.y, info.num_classes, mean, std, cfg.evaluation,
+    ev = evaluate_real(train_x, train_y, test.x, test.y, info.num_classes, mean, std, cfg.evaluation,
                        progress=progress)
-    ev.details.update(budget=cfg.budget, images_per_class=subset.per_class, png_bytes=subset.used_bytes)
-    return BaselineResult("random", info.name, test.name, len(subset.labels), subset.per_class, subset.used_bytes,
+    ev.details.update(budget=cfg.budget, images_per_class=subset.per_class, png_bytes=subset.bytes)
+    return BaselineResult("random", info.name, test.name, len(train_y), subset.per_class, subset.bytes,
                           max_bytes, subset.next_bytes, ev)
 
 
@@ -251,11 +210,11 @@ class CodecsResult:
 def evaluate_codecs(train_x: np.ndarray, train_y: np.ndarray, test: TestSet, num_classes: int, max_bytes: int,
                     cfg: EvalConfig, codecs=None, seed: int = 0, progress=None,
                     on_codec=None) -> list[CodecResult]:
-    """Every codec of ``codecs`` (names, default all of :data:`d3fmt.codecs.CODECS`) at ``max_bytes``.
+    """Every codec of ``codecs`` (names, default all of :data:`d3fmt.evaluation.codecs.CODECS`) at ``max_bytes``.
 
     For each: the largest balanced random subset of the real training images (class pick
     order by ``seed``) whose stored bytes fit, decoded as a user would, trained and tested
-    with :func:`d3fmt.evaluate.evaluate_real` (normalised with its own pixel statistics).
+    with :func:`d3fmt.evaluation.evaluate.evaluate_real` (normalised with its own pixel statistics).
     A codec that cannot hold one image per class is reported with n = 0 and no evaluation;
     when no codec can, ConfigError. ``progress(run, epoch, loss)`` is passed to the
     training; ``on_codec(name)`` is called before each codec.
@@ -288,14 +247,11 @@ def evaluate_codecs(train_x: np.ndarray, train_y: np.ndarray, test: TestSet, num
 def run_codecs(cfg: BaselineConfig, codecs=None, max_bytes: int | None = None, progress=None,
                on_codec=None) -> CodecsResult:
     """``d3 baseline codecs``: the family at ``max_bytes`` or the budget's B*K*C*H*W*4 bytes."""
-    if (cfg.budget is None) == (max_bytes is None):
-        raise ConfigError("give exactly one of --budget B (images per class) and --max-bytes N")
-    if max_bytes is not None and max_bytes < 1:
-        raise ConfigError(f"--max-bytes must be a positive byte count, got {max_bytes}")
+    check_budget_args(cfg.budget, max_bytes)
     names = parse_codecs(codecs)
     source, x, y, test = _open(cfg)
     info = source.info
-    cap = int(max_bytes) if max_bytes is not None else budget_bytes(cfg.budget, info.num_classes, info.image_shape)
+    cap = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget, max_bytes=max_bytes).max_bytes
     results = evaluate_codecs(x, y, test, info.num_classes, cap, cfg.evaluation, names, seed=cfg.seed,
                               progress=progress, on_codec=on_codec)
     return CodecsResult(info.name, test.name, cap, results)
@@ -303,7 +259,7 @@ def run_codecs(cfg: BaselineConfig, codecs=None, max_bytes: int | None = None, p
 
 def compare_same_bytes(train_x, train_y, test: TestSet, num_classes: int, file_bytes: int, cfg: EvalConfig,
                        codecs=None, seed: int = 0, progress=None, on_codec=None) -> CodecsResult:
-    """The family's codecs (default :data:`d3fmt.codecs.DEFAULT_COMPARE`) at a .d3 file's exact
+    """The family's codecs (default :data:`d3fmt.evaluation.codecs.DEFAULT_COMPARE`) at a .d3 file's exact
     bytes, trained like the file was evaluated: what ``d3 pack`` calls at its final
     evaluation, where the source is at hand. Store ``result.best.compare_record()`` as the
     evaluation record's ``compare``."""
@@ -364,7 +320,7 @@ def compare_file(path, test_spec: str, cfg: EvalConfig, codecs=None, source: str
     """Evaluate a .d3 file like ``d3 eval`` and train the codec family at the file's exact byte
     count with the same EvalConfig; append one evaluation record carrying ``compare`` (the
     best codec: name, images per class, bytes, accuracy, std, runs)."""
-    from d3fmt.evaluate import evaluate_file
+    from d3fmt.evaluation.evaluate import evaluate_file
     from d3fmt.format import D3Reader, append_eval
 
     names = parse_codecs(codecs, default=DEFAULT_COMPARE)

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from d3fmt import __version__
 from d3fmt.errors import ConfigError, D3Error, FormatError
-from d3fmt.format.sections import decoder_section, logvar_section, mu_section, soft_section
 from d3fmt.models.decoder import Decoder, build_decoder
-from d3fmt.teacher import build_teacher, teacher_probs
+from d3fmt.models.teacher import build_teacher, teacher_probs
 
 # ---------------------------------------------------------------------------------------
 # Pixel conventions (shared with the distiller).
@@ -60,6 +58,7 @@ def tanh_to_normalized(t: torch.Tensor, mean, std) -> torch.Tensor:
     return normalize(tanh_to_unit(t), mean, std)
 
 
+LABEL_MODES = ("hard", "soft", "teacher")  # the class index, the stored soft labels, the stored teacher
 CPU_CHUNK = 32  # samples per decoder call on CPU (cache-sized activations)
 
 # ---------------------------------------------------------------------------------------
@@ -76,8 +75,9 @@ class PriorRef:
 
 
 @dataclass
-class Subtask:
-    """One class subset: its priors and its decoder, already on the target device."""
+class SubtaskView:
+    """One subtask as torch tensors: its priors and its decoder, already on the target device
+    (the header entry it comes from is :class:`d3fmt.format.model.Subtask`)."""
 
     classes: list[int]
     latents_per_class: int
@@ -138,10 +138,10 @@ class Representation:
     (an in-memory container). Only the subtasks that hold one of ``classes`` are loaded.
     """
 
-    def __init__(self, header: dict, subtasks: dict[int, Subtask], device, dtype, teacher=None,
+    def __init__(self, header: dict, subtasks: dict[int, SubtaskView], device, dtype, teacher=None,
                  anchors: "Anchors | None" = None):
         self.header = header
-        self.subtasks = subtasks  # subtask index -> Subtask (only the loaded ones)
+        self.subtasks = subtasks  # subtask index -> SubtaskView (only the loaded ones)
         self.device = torch.device(device)
         self.dtype = dtype
         self.num_classes = int(header["num_classes"])
@@ -184,7 +184,7 @@ class Representation:
         num_classes, image_shape = _check_header(header)
         wanted = None if classes is None else {int(c) for c in classes}
         seen: set[int] = set()
-        subtasks: dict[int, Subtask] = {}
+        subtasks: dict[int, SubtaskView] = {}
         for t, entry in enumerate(header["subtasks"]):
             entry_classes = _subtask_classes(entry, t, num_classes, seen)
             if wanted is not None and wanted.isdisjoint(entry_classes):
@@ -276,10 +276,22 @@ class Representation:
             return decoder(z)
         return torch.cat([decoder(part) for part in z.split(CPU_CHUNK)])
 
+    def label_mode(self, labels: str) -> str:
+        """The labels a sample gets: one of :data:`LABEL_MODES`, or "auto" (the stored teacher,
+        else the stored soft labels, else hard); ConfigError for a mode this file cannot serve."""
+        if labels == "auto":
+            return "teacher" if self.has_teacher else "soft" if self.has_soft else "hard"
+        if labels not in LABEL_MODES:
+            raise ConfigError(f"labels={labels!r} is unknown; use 'auto', {', '.join(map(repr, LABEL_MODES))}")
+        if labels == "soft" and not self.has_soft:
+            raise ConfigError("this file stores no soft labels; use labels='hard'")
+        if labels == "teacher" and not self.has_teacher:
+            raise ConfigError("this file stores no teacher; use labels='hard' (or 'soft' when it stores soft labels)")
+        return labels
+
     def soft_labels(self, cls: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """The stored soft-label vector of each prior. [N, num_classes] float32."""
-        if not self.has_soft:
-            raise ConfigError("this file stores no soft labels; use hard labels (labels='hard')")
+        self.label_mode("soft")
         ref = self.prior_of(cls, prior)
         out = torch.empty((ref.row.shape[0], self.num_classes), device=self.device)
         for t, sub in self.subtasks.items():
@@ -290,8 +302,7 @@ class Representation:
     def teacher_labels(self, x_normalized: torch.Tensor) -> torch.Tensor:
         """The stored teacher's label vector of each image [N, C, H, W] (training
         normalisation): softmax(teacher(x) / T). [N, num_classes] float32."""
-        if self.teacher is None:
-            raise ConfigError("this file stores no teacher; use labels='hard' (or 'soft' when it stores soft labels)")
+        self.label_mode("teacher")
         model, temperature = self.teacher
         probs = teacher_probs(model, x_normalized.to(self.device), temperature)
         return probs.clone() if probs.is_inference() else probs  # usable as a training target
@@ -337,7 +348,7 @@ def _subtask_classes(entry: dict, t: int, num_classes: int, seen: set[int]) -> l
     return classes
 
 
-def _load_subtask(entry, t, classes, num_classes, image_shape, get_tensor, device, dtype) -> Subtask:
+def _load_subtask(entry, t, classes, num_classes, image_shape, get_tensor, device, dtype) -> SubtaskView:
     try:
         lpc, z_dim, names = int(entry["latents_per_class"]), int(entry["z_dim"]), entry["tensors"]
         dec_names = names["decoder"]
@@ -362,7 +373,7 @@ def _load_subtask(entry, t, classes, num_classes, image_shape, get_tensor, devic
     if cfg.z_dim != z_dim or (cfg.channels, cfg.image_size, cfg.image_size) != tuple(image_shape):
         raise FormatError(f"subtask {t} decoder does not match z_dim / image_shape in the header; the file is corrupt")
     decoder = decoder.to(device=device, dtype=dtype).eval().requires_grad_(False).optimize_for_inference()
-    return Subtask(list(classes), lpc, z_dim, mu.to(device), logvar.to(device), None if soft is None else soft.to(device), decoder)
+    return SubtaskView(list(classes), lpc, z_dim, mu.to(device), logvar.to(device), None if soft is None else soft.to(device), decoder)
 
 
 def _prior_tensor(array, shape, what) -> torch.Tensor:
@@ -372,126 +383,3 @@ def _prior_tensor(array, shape, what) -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise FormatError(f"{what} holds NaN or infinite values; the file is corrupt")
     return tensor
-
-
-# ---------------------------------------------------------------------------------------
-# The other direction: priors + decoders -> an in-memory container (for the writer).
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class SubtaskParts:
-    """One subtask's learned pieces, ready to be stored."""
-
-    classes: list[int]
-    decoder: Decoder
-    mu: np.ndarray | torch.Tensor  # [K_t * L, z], class-major
-    logvar: np.ndarray | torch.Tensor  # [K_t * L, z]
-    soft: np.ndarray | torch.Tensor | None = None  # [K_t * L, num_classes]
-
-
-@dataclass
-class ContainerMeta:
-    """The header fields that are not derived from the subtasks."""
-
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    class_names: list[str]
-    normalization: dict  # {"mean": [C], "std": [C]} in [0, 1] pixel units
-    samples_per_class: int
-    ipc: float  # requested budget, images per class
-    provenance: dict  # {source, source_hash, settings, d3fmt_version, created}
-    encoding: str = "float32"  # section encoding of priors and decoder weights
-    partial: bool = False
-    train_lr: float | None = None
-
-
-def container_from_parts(parts: list[SubtaskParts], meta: ContainerMeta):
-    """Header + named sections (``s{i}.mu``, ``s{i}.logvar``, ``s{i}.soft``, ``s{i}.dec.{name}``)."""
-    from d3fmt.format import D3Container, budget_fields
-
-    header = {
-        "image_shape": [int(v) for v in meta.image_shape],
-        "num_classes": int(meta.num_classes),
-        "class_names": list(meta.class_names),
-        "normalization": {"mean": list(meta.normalization["mean"]), "std": list(meta.normalization["std"])},
-        "labels": "soft" if parts and all(p.soft is not None for p in parts) else "hard",
-        "samples_per_class": int(meta.samples_per_class),
-        "subtasks": [],
-        "budget": budget_fields(meta.ipc, meta.num_classes, meta.image_shape, 0),
-        "provenance": dict(meta.provenance),
-        "evals": [],
-    }
-    if meta.partial:
-        header["partial"] = True
-    if meta.train_lr is not None:
-        header["train"] = {"lr": float(meta.train_lr)}
-    tensors, encodings = {}, {}
-
-    def put(name, value):
-        value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
-        encodings[name] = meta.encoding
-        return name
-
-    for i, part in enumerate(parts):
-        names = {"mu": put(mu_section(i), part.mu), "logvar": put(logvar_section(i), part.logvar)}
-        if part.soft is not None and header["labels"] == "soft":
-            names["soft"] = put(soft_section(i), part.soft)
-        names["decoder"] = {k: put(decoder_section(i, k), v) for k, v in part.decoder.state_dict().items()}
-        cfg = part.decoder.cfg
-        lpc = int(np.shape(part.mu)[0]) // len(part.classes)
-        header["subtasks"].append({"id": i, "classes": [int(c) for c in part.classes], "latents_per_class": lpc,
-                                   "z_dim": cfg.z_dim, "decoder": cfg.to_json(), "tensors": names})  # fmt: skip
-    return D3Container(header, tensors, encodings)
-
-
-def random_container(
-    num_classes: int = 4,
-    image_shape: tuple[int, int, int] = (1, 8, 8),
-    *,
-    family: str = "small",
-    width: int = 16,
-    z_dim: int = 8,
-    latents_per_class: int = 2,
-    num_subtasks: int = 1,
-    soft: bool = False,
-    samples_per_class: int = 10,
-    seed: int = 0,
-    encoding: str = "float32",
-):
-    """A valid container with randomly initialised decoders and random priors.
-
-    For tests, docs and loader benchmarks: decode speed does not depend on trained values.
-    Classes are dealt round-robin to ``num_subtasks`` subtasks.
-    """
-    from d3fmt.models.decoder import DecoderConfig
-
-    c, h, w = image_shape
-    gen = torch.Generator().manual_seed(seed)
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # decoder init draws from the global generator
-    try:
-        parts = []
-        for i in range(num_subtasks):
-            classes = list(range(i, num_classes, num_subtasks))
-            rows = len(classes) * latents_per_class
-            cfg = DecoderConfig(family=family, z_dim=z_dim, channels=c, image_size=h, width=width)
-            soft_rows = torch.softmax(torch.randn(rows, num_classes, generator=gen) * 2, dim=1) if soft else None
-            parts.append(SubtaskParts(classes, build_decoder(cfg.to_json()), torch.randn(rows, z_dim, generator=gen),
-                                      torch.full((rows, z_dim), -1.0) + 0.1 * torch.randn(rows, z_dim, generator=gen),
-                                      soft_rows))  # fmt: skip
-    finally:
-        torch.random.set_rng_state(torch_state)
-    meta = ContainerMeta(
-        num_classes=num_classes,
-        image_shape=(c, h, w),
-        class_names=[f"class{k}" for k in range(num_classes)],
-        normalization={"mean": [0.5] * c, "std": [0.25] * c},
-        samples_per_class=samples_per_class,
-        ipc=1,
-        provenance={"source": "random", "source_hash": "0" * 16, "settings": {"seed": seed},
-                    "d3fmt_version": __version__, "created": "2025-01-01T00:00:00Z"},  # fmt: skip
-        encoding=encoding,
-    )
-    return container_from_parts(parts, meta)

@@ -13,12 +13,12 @@ stream and real subsets of any size train for exactly the same steps (lr / 10 at
 steps); records then carry ``steps`` and the protocol string says both.
 
 - :func:`evaluate_representation` trains on a decoded D3 stream: every epoch draws fresh
-  samples with the loader's sampling contract (:mod:`d3fmt.dataset`: ``samples_per_class``
+  samples with the loader's sampling contract (:mod:`d3fmt.loader.dataset`: ``samples_per_class``
   items per class, the prior means included when soft labels are used), labelled with the
   stored soft labels when present; the learning rate defaults to the student learning
   rate the distiller learned (``header["train"]["lr"]``).
 - :func:`evaluate_real` trains on real uint8 images (the same-bytes random subset baseline
-  and the full-data ceiling, :mod:`d3fmt.baseline`).
+  and the full-data ceiling, :mod:`d3fmt.evaluation.baseline`).
 - :func:`evaluate_file` is ``d3 eval``: evaluate a .d3 file and append the record to it.
 - :func:`load_test_set` resolves ``--test SRC`` (see its docstring).
 """
@@ -38,17 +38,17 @@ import torch.nn.functional as F
 
 from d3fmt.augment import REFERENCE_STRATEGY, DSAParams, dsa
 from d3fmt.errors import ConfigError
+from d3fmt.loader.representation import LABEL_MODES, Representation, normalize
 from d3fmt.models.convnet import ConvNet, ConvNetConfig
 from d3fmt.models.resnet import STANDARD_WIDTH as RESNET_WIDTH
 from d3fmt.models.resnet import ResNet, ResNetConfig
 from d3fmt.pixels import Pixels
-from d3fmt.representation import Representation, normalize
 
 MODELS = ("convnet", "resnet18")
 # The training recipes every method is measured under (benchmarks/fmnist-recipes.md): the
 # augmentation of every batch. A method is reported at its better one.
 RECIPES = {"plain": "crop_flip", "dsa": REFERENCE_STRATEGY}
-LABEL_CHOICES = ("auto", "hard", "soft", "teacher")
+LABEL_CHOICES = ("auto", *LABEL_MODES)
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
 
@@ -224,14 +224,8 @@ def load_test_set(spec: str, image_shape, num_classes: int, *, train_hash: str |
 
 
 def label_mode(rep: Representation, labels: str) -> str:
-    """Resolve ``--labels``: auto = the stored teacher, else the stored soft labels, else hard."""
-    if labels == "soft" and not rep.has_soft:
-        raise ConfigError("soft labels requested but the file stores none; use --labels hard")
-    if labels == "teacher" and not rep.has_teacher:
-        raise ConfigError("teacher labels requested but the file stores no teacher; use --labels hard")
-    if labels != "auto":
-        return labels
-    return "teacher" if rep.has_teacher else "soft" if rep.has_soft else "hard"
+    """Resolve ``--labels`` (:meth:`Representation.label_mode`)."""
+    return rep.label_mode(labels)
 
 
 class StreamEpochs:
@@ -240,7 +234,7 @@ class StreamEpochs:
     normalize=True)`` yields after ``set_epoch(epoch)``."""
 
     def __init__(self, rep: Representation, cfg: EvalConfig, seed: int, labels: str | None = None):
-        from d3fmt.dataset import SampleOptions, make_plan
+        from d3fmt.loader.dataset import SampleOptions, make_plan
 
         self.rep = rep
         mode = labels or label_mode(rep, cfg.labels)
@@ -250,7 +244,7 @@ class StreamEpochs:
         self.index = torch.arange(len(self.plan), dtype=torch.int64)  # [N] every item, every epoch
 
     def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from d3fmt.dataset import decode_items
+        from d3fmt.loader.dataset import decode_items
 
         self.options.epoch = epoch
         x, target = decode_items(self.rep, self.plan, self.options, self.index)  # [N, C, H, W], [N] | [N, K]
@@ -351,7 +345,7 @@ def test_accuracy(model, x_uint8: np.ndarray, y: np.ndarray, mean, std, device, 
 
 
 @dataclass
-class _Task:
+class _EvalTask:
     """What one evaluation trains on and tests on."""
 
     make_epochs: Callable[[int], Callable]  # run seed -> (epoch -> training batch of the epoch)
@@ -362,7 +356,7 @@ class _Task:
     labeller: Callable | None = None  # labels each augmented batch (a stored teacher); None: the data's labels
 
 
-def _run_all(task: _Task, cfg: EvalConfig, progress) -> tuple[list[float], list]:
+def _run_all(task: _EvalTask, cfg: EvalConfig, progress) -> tuple[list[float], list]:
     accs, models = [], []
     c, h, _ = task.shape
     for run in range(cfg.runs):
@@ -406,8 +400,8 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
     mode = label_mode(rep, cfg.labels)
     per_epoch = len(StreamEpochs(rep, cfg, 0).plan)
     labeller = rep.teacher_labels if mode == "teacher" else None
-    task = _Task(lambda seed: StreamEpochs(rep, cfg, seed, "hard" if labeller else None), lr, (c, h, w),
-                 rep.num_classes, (test_x, test_y, mean, std), labeller)
+    task = _EvalTask(lambda seed: StreamEpochs(rep, cfg, seed, "hard" if labeller else None), lr, (c, h, w),
+                     rep.num_classes, (test_x, test_y, mean, std), labeller)
     accs, models = _run_all(task, cfg, progress)
     data = f"d3 stream {per_epoch} fresh samples/epoch (labels {mode})"
     details = {"samples_per_epoch": per_epoch, "labels": mode, "width": cfg.width,
@@ -427,7 +421,7 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
         raise ConfigError(f"test images are {list(np.shape(test_x)[1:])}, training images {list(shape)}; "
                           "use the same image size for both")
     epochs_fn = real_epochs(train_x, train_y, mean, std, torch.device(cfg.device))
-    task = _Task(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std), labeller)
+    task = _EvalTask(lambda seed: epochs_fn, lr, shape, num_classes, (test_x, test_y, mean, std), labeller)
     accs, models = _run_all(task, cfg, progress)
     data = f"{len(train_y)} real images"
     details = {"train_images": len(train_y), "width": cfg.width, "test_images": len(test_y)}

@@ -1,6 +1,6 @@
 """Look at and materialise decoded samples: a PNG grid, webdataset shards, an ImageFolder.
 
-All three draw items with the loader's sampling contract (``d3fmt.dataset``), so sample
+All three draw items with the loader's sampling contract (``d3fmt.loader.dataset``), so sample
 j of class c in a grid or an export is exactly item ``position(c) * n + j`` of a
 ``D3Dataset`` with the same seed, epoch and samples per class. Library functions only;
 ``d3 sample`` and ``d3 export`` call them.
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from d3fmt.dataset import SampleOptions, decode_items, make_plan, open_representation
 from d3fmt.errors import ConfigError
 from d3fmt.format.container import atomic_write
+from d3fmt.loader.dataset import SampleOptions, decode_items, make_plan, open_representation
 from d3fmt.png import png_bytes
 
 FORMATS = ("webdataset", "folder")
