@@ -29,7 +29,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -48,6 +48,25 @@ MODELS = ("convnet", "resnet18")
 # The training recipes every method is measured under (benchmarks/fmnist-recipes.md): the
 # augmentation of every batch. A method is reported at its better one.
 RECIPES = {"plain": "crop_flip", "dsa": REFERENCE_STRATEGY}
+RECIPE_CHOICES = (*RECIPES, "best")  # "best": every recipe, the better one reported
+
+
+def recipe_of(cfg: "EvalConfig") -> str | None:
+    """The RECIPES name of ``cfg``'s augmentation (None for any other strategy)."""
+    return next((name for name, strategy in RECIPES.items() if strategy == cfg.dsa), None)
+
+
+def recipe_configs(cfg: "EvalConfig", recipe: str) -> dict[str, "EvalConfig"]:
+    """The configs a ``--recipe`` asks for: one recipe, or each of them for "best"."""
+    if recipe not in RECIPE_CHOICES:
+        raise ConfigError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPE_CHOICES)}")
+    names = list(RECIPES) if recipe == "best" else [recipe]
+    return {name: replace(cfg, dsa=RECIPES[name]) for name in names}
+
+
+def best_recipe(results: dict[str, "EvalResult"]) -> str:
+    """The recipe whose runs reached the higher mean final accuracy."""
+    return max(results, key=lambda name: results[name].mean)
 LABEL_CHOICES = ("auto", *LABEL_MODES)
 DEFAULT_LR = 0.01  # when no learned lr is stored (and for real-data baselines)
 
@@ -127,6 +146,7 @@ class EvalResult:
     details: dict = field(default_factory=dict)
     models: list = field(default_factory=list)  # final models, when EvalConfig.keep_models
     steps: int | None = None  # SGD steps per run, when the protocol is step-based
+    recipe: str | None = None  # the training recipe (a RECIPES name) when the augmentation is one of them
 
     @property
     def mean(self) -> float:
@@ -148,6 +168,7 @@ class EvalResult:
             "runs": len(self.accuracies),
             "epochs": self.epochs,
             **({"steps": self.steps} if self.steps is not None else {}),
+            **({"recipe": self.recipe} if self.recipe is not None else {}),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
@@ -407,7 +428,7 @@ def evaluate_representation(rep: Representation, test_x, test_y, cfg: EvalConfig
     details = {"samples_per_epoch": per_epoch, "labels": mode, "width": cfg.width,
                "test_images": len(test_y)}
     return EvalResult(cfg.model_name, accs, cfg.passes(per_epoch), _protocol(cfg, lr, data, per_epoch), lr, details,
-                      models, cfg.steps)
+                      models, cfg.steps, recipe_of(cfg))
 
 
 def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg: EvalConfig,
@@ -426,7 +447,7 @@ def evaluate_real(train_x, train_y, test_x, test_y, num_classes, mean, std, cfg:
     data = f"{len(train_y)} real images"
     details = {"train_images": len(train_y), "width": cfg.width, "test_images": len(test_y)}
     return EvalResult(cfg.model_name, accs, cfg.passes(len(train_y)), _protocol(cfg, lr, data, len(train_y)), lr,
-                      details, models, cfg.steps)
+                      details, models, cfg.steps, recipe_of(cfg))
 
 
 def evaluate_file(path, test_spec: str, cfg: EvalConfig, *, progress=None, record: bool = True,

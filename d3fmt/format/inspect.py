@@ -14,7 +14,7 @@ from math import prod
 from d3fmt.format.constants import FORMAT_MAJOR
 from d3fmt.format.container import D3Reader
 
-KINDS = ("priors", "decoders", "labels", "header", "other")
+KINDS = ("priors", "decoders", "anchors", "labels", "header", "other")
 
 
 def _section_kinds(header: dict) -> dict[str, str]:
@@ -28,6 +28,10 @@ def _section_kinds(header: dict) -> dict[str, str]:
             kinds[name] = "decoders"
     for name in (header.get("teacher") or {}).get("tensors", {}).values():
         kinds[name] = "labels"  # the labelling teacher
+    anchors = header.get("anchors") or {}
+    for key in ("values", "stream"):
+        if key in anchors:
+            kinds[anchors[key]] = "anchors"
     return kinds
 
 
@@ -92,9 +96,10 @@ def summarize(path, verify: bool = False) -> dict:
             for s in reader.sections
         ],
         "subtasks": subtasks,
+        "anchors": ({k: h["anchors"][k] for k in ("levels", "lanes", "counts")} if h.get("anchors") else None),
         "evals": [
             {**{k: e[k] for k in ("model", "protocol", "test_set", "accuracy", "std", "runs", "epochs", "date")},
-             **{k: e[k] for k in ("steps", "compare") if k in e}}
+             **{k: e[k] for k in ("steps", "compare", "recipe") if k in e}}
             for e in h["evals"]
         ],
         "provenance": h["provenance"],
@@ -128,6 +133,27 @@ def compare_margin(record: dict) -> str:
             f"images/class ({100 * c['accuracy']:.2f}% +- {100 * c['std']:.2f}, {c['bytes']:,} bytes, {c['runs']} runs)")
 
 
+def best_recipe_margins(evals: list[dict]) -> list[str]:
+    """Per (test set, model, steps), each side at its better training recipe: the file's best
+    record against the best codec's best record (records that carry ``compare``)."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in evals:
+        if "compare" in e:
+            groups.setdefault((e["test_set"], e["model"], e.get("steps")), []).append(e)
+    lines = []
+    for (test_set, model, steps), recs in groups.items():
+        if len({r.get("recipe") for r in recs}) < 2:
+            continue  # one recipe only: its margin is printed with the record
+        mine = max(recs, key=lambda r: r["accuracy"])
+        theirs = max(recs, key=lambda r: r["compare"]["accuracy"])
+        points = 100 * (mine["accuracy"] - theirs["compare"]["accuracy"])
+        lines.append(f"  best recipe, {model}{f' {steps} steps' if steps else ''} on {test_set}: "
+                     f"{100 * mine['accuracy']:.2f}% ({mine.get('recipe', '?')}) vs the best codec "
+                     f"{theirs['compare']['codec']} {100 * theirs['compare']['accuracy']:.2f}% "
+                     f"({theirs.get('recipe', '?')}): {points:+.1f} points")
+    return lines
+
+
 def render_text(summary: dict) -> str:
     """A short, human-readable summary (what `d3 inspect FILE` prints)."""
     s, b, kb = summary, summary["budget"], summary["bytes_by_kind"]
@@ -141,10 +167,15 @@ def render_text(summary: dict) -> str:
         f"{b['ipc_equivalent_uint8']:.3f} as uint8",
         f"classes    {s['num_classes']}{' (partial)' if s['partial'] else ''}: {_names(s['class_names'])}",
         f"images     {c} x {hh} x {ww}; labels {_labels_text(s)}; {s['samples_per_class']} samples/class by default",
-        "bytes      " + "  ".join(f"{k} {kb[k]:,}" for k in ("priors", "decoders", "labels", "header"))
+        "bytes      " + "  ".join(f"{k} {kb[k]:,}" for k in ("priors", "decoders", "anchors", "labels", "header")
+                                  if kb[k] or k != "anchors")
         + (f"  other {kb['other']:,}" if kb["other"] else ""),
         f"subtasks   {len(s['subtasks'])}",
     ]
+    if s.get("anchors"):
+        a = s["anchors"]
+        lines.insert(-1, f"anchors    {sum(a['counts']):,} real images at {a['levels']} levels "
+                         f"({min(a['counts'])}-{max(a['counts'])} per class), {kb['anchors']:,} bytes")
     for t in s["subtasks"]:
         lines.append(
             f"  #{t['id']}: classes {_class_ranges(t['classes'])} ({len(t['classes'])}), "
@@ -161,6 +192,7 @@ def render_text(summary: dict) -> str:
             )
             if "compare" in e:
                 lines.append(f"    {compare_margin(e)}")
+        lines.extend(best_recipe_margins(s["evals"]))
     else:
         lines.append("evals      none (run `d3 eval FILE --test SRC`)")
     p = s["provenance"]
