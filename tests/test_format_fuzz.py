@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import tracemalloc
 from itertools import islice
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,7 @@ VALID = {
     "zstd": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, encoding="int8", family="small")),
     "raw": encode_d3(example_container(num_classes=4, num_subtasks=2, soft=True, family="small"), codec="raw", compress_header=False),
     "f16": encode_d3(example_container(num_classes=3, latents_per_class=2, encoding="float16", family="small")),
+    "anchors": (Path(__file__).parent / "golden" / "tiny_anchors.d3").read_bytes(),  # format 1.2: a level stream
 }
 
 
