@@ -177,6 +177,10 @@ def _cell(values) -> str:
     return f"{100 * np.mean(values):.2f} +- {100 * np.std(values):.2f} ({len(values)})"
 
 
+def _key(row: dict) -> tuple:
+    return row["method"], row["budget"], row["recipe"], row["steps"], row["seed"]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="fmnist-recipes")
@@ -189,6 +193,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work-dir", default=".d3cache/bench-recipes")
     ap.add_argument("--out-dir", default="benchmarks")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="NAME",
+                    help="first add the rows of benchmarks/NAME.json (runs made in parallel processes)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table from the JSON, run nothing")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,8 +208,17 @@ def main(argv=None) -> dict:
                   date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                   device=f"{cpu_model(default=platform.processor() or 'cpu')}, {torch.get_num_threads()} torch "
                          "threads (CPU)")
+    done = {_key(r) for r in report["rows"]}
+    for name in args.merge:
+        for row in json.loads((out / f"{name}.json").read_text())["rows"]:
+            if _key(row) not in done:
+                report["rows"].append(row)
+                done.add(_key(row))
+    jpath.write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(report))
+    if args.report_only:
+        return report
     data = Data(args.source)
-    done = {(r["method"], r["budget"], r["recipe"], r["steps"], r["seed"]) for r in report["rows"]}
     for steps in args.steps:
         for budget in args.budgets:
             for run in range(args.runs):
