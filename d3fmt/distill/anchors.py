@@ -25,7 +25,7 @@ import numpy as np
 from d3fmt import __version__
 from d3fmt.distill.assemble import EVAL_RESERVE
 from d3fmt.errors import BudgetError, ConfigError
-from d3fmt.evaluation.codecs import class_orders
+from d3fmt.evaluation.codecs import class_orders, largest_fitting
 from d3fmt.format import D3Container, encode_d3
 from d3fmt.format.budget import Budget
 from d3fmt.format.levelcode import MAX_LEVELS, encode_levels
@@ -145,33 +145,22 @@ def fit_anchors(src: AnchorSource, cfg: AnchorConfig, budget: Budget, settings: 
                 reserve: int = 0) -> AnchorFit:
     """The most anchors per class whose whole file is at most ``budget.max_bytes - reserve``."""
     cap = budget.max_bytes - reserve
-    smallest = src.pool.limit
+    fits: dict[int, tuple] = {}
 
-    def size(n):
-        container, stream = anchor_container(src, n, cfg, budget, settings, finish)
-        return container, stream, len(encode_d3(container))
+    def size(n: int) -> int:
+        if n not in fits:
+            container, stream = anchor_container(src, n, cfg, budget, settings, finish)
+            fits[n] = (container, stream, len(encode_d3(container)))
+        return fits[n][2]
 
-    lo, hi = 0, 1
-    best = None
-    while hi <= smallest:  # grow until the file no longer fits
-        fit = size(hi)
-        if fit[2] > cap:
-            break
-        lo, best, hi = hi, fit, min(smallest + 1, hi * 2)
-        if lo == smallest:
-            break
-    hi = min(hi, smallest + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        fit = size(mid)
-        if fit[2] <= cap:
-            lo, best = mid, fit
-        else:
-            hi = mid
-    if best is None:
+    if src.pool.limit == 0:
+        raise BudgetError("a class has no training image; every class needs at least one")
+    lo, _ = largest_fitting(size, cap, src.pool.limit)
+    if lo == 0:
         raise BudgetError(f"not even one anchor per class fits in {cap:,} bytes; raise --budget or lower "
                           "--anchor-bits")
-    return AnchorFit(lo, best[0], best[2], best[1])
+    container, stream_bytes, file_bytes = fits[lo]
+    return AnchorFit(lo, container, file_bytes, stream_bytes)
 
 
 # ---------------------------------------------------------------------------------------

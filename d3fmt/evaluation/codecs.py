@@ -335,15 +335,42 @@ class FittedSubset:
         return self.encoded.bytes if self.encoded is not None else 0
 
 
+def largest_fitting(size, max_bytes: int, limit: int, probe: int = 4) -> tuple[int, int | None]:
+    """The largest n in [0, limit] with ``size(n) <= max_bytes``, for a ``size`` that grows
+    with n: returns (n, the smallest n known not to fit, or None when ``limit`` fits).
+
+    From a small probe on, each next n is extrapolated from the bytes per class-round of
+    the last one tried (at least 1% further, so it converges from either side), kept
+    strictly between the largest n known to fit and the smallest known not to, until those
+    are adjacent (or every n fits): a few encodings, not a bisection's many."""
+    lo, hi = 0, None  # lo fits (n = 0 trivially); hi does not fit (None: none known yet)
+    n = min(max(1, probe), limit)
+    while hi is None or hi - lo > 1:
+        if size(n) <= max_bytes:
+            lo = n
+        else:
+            hi = n
+        if hi is None and lo == limit:
+            break  # every n fits
+        # next: the n that the bytes per class-round at the nearest known point predict,
+        # nudged past that point by 1% (bytes per image shrink as blocks grow), within (lo, hi)
+        at = n if n else 1
+        predicted = int(max_bytes * at / max(1, size(at)))
+        nudge = max(1, at // 100)
+        n = max(predicted, at + nudge) if n == lo else min(predicted, at - nudge)
+        n = min(n, limit if hi is None else hi - 1)
+        n = max(n, lo + 1)
+        if hi is not None and (n <= lo or n >= hi):
+            n = (lo + hi) // 2
+    return lo, hi
+
+
 def fit_subset(codec: str, images: np.ndarray, labels: np.ndarray, num_classes: int, max_bytes: int,
                seed: int = 0, probe: int = 4) -> FittedSubset:
     """The largest n such that n random images per class, stored with ``codec``, fit ``max_bytes``.
 
-    Picks follow :func:`class_orders`. Bytes are assumed to grow with n: from a small probe
-    on, each next n is extrapolated from the bytes per class-round of the last one tried
-    (at least 1% further, so it converges from either side), kept strictly between the
-    largest n known to fit and the smallest known not to, until those are adjacent (or
-    every image fits). The result always satisfies ``bytes(n) <= max_bytes < bytes(n + 1)``.
+    Picks follow :func:`class_orders`; the search is :func:`largest_fitting`. The result
+    always satisfies ``bytes(n) <= max_bytes < bytes(n + 1)``.
     """
     get_codec(codec)
     orders = class_orders(labels, num_classes, seed)
@@ -358,24 +385,6 @@ def fit_subset(codec: str, images: np.ndarray, labels: np.ndarray, num_classes: 
 
     if limit == 0:
         raise ConfigError("a class has no training image; every class needs at least one")
-    lo, hi = 0, None  # lo fits (n = 0 trivially); hi does not fit (None: none known yet)
-    n = min(max(1, probe), limit)
-    while hi is None or hi - lo > 1:
-        if size(n) <= max_bytes:
-            lo = n
-        else:
-            hi = n
-        if hi is None and lo == limit:
-            break  # every image fits
-        # next: the n that the bytes per class-round at the nearest known point predict,
-        # nudged past that point by 1% (bytes per image shrink as blocks grow), within (lo, hi)
-        at = n if n else 1
-        predicted = int(max_bytes * at / max(1, size(at)))
-        nudge = max(1, at // 100)
-        n = max(predicted, at + nudge) if n == lo else min(predicted, at - nudge)
-        n = min(n, limit if hi is None else hi - 1)
-        n = max(n, lo + 1)
-        if hi is not None and (n <= lo or n >= hi):
-            n = (lo + hi) // 2
+    lo, hi = largest_fitting(size, max_bytes, limit, probe)
     next_bytes = size(hi) if hi is not None else None
     return FittedSubset(codec, lo, subset_indices(orders, lo), cache[lo] if lo else None, int(max_bytes), next_bytes)
