@@ -304,17 +304,15 @@ def pack_cmd(src, output, **settings):
     d3fmt pack ...` the ranks share them and rank 0 writes the file; with --subtask i
     (a job array) only subtask i is written, as a part for `d3 merge`.
     """
-    from d3fmt.distill.launch import pack
-    from d3fmt.distill.settings import pack_config
+    from d3fmt.packing import pack
 
-    cfg = pack_config(src, output, **settings)
-    result = pack(cfg)
+    result = pack(src, output, **settings)
     if result.path is None:  # a torchrun rank other than 0
         click.echo(f"sent subtasks {result.subtasks} ({result.file_bytes} bytes) to rank 0, which writes {output}",
                    err=True)
         return
     if result.partial:
-        click.echo(f"wrote part {result.path} (subtask {cfg.subtask} of {cfg.subtasks}): {result.file_bytes} bytes; "
+        click.echo(f"wrote part {result.path} (subtask {settings['subtask']} of {settings['subtasks']}): {result.file_bytes} bytes; "
                    f"merge all parts with `d3 merge PARTS... -o OUT --source SRC`")
         return
     click.echo(f"wrote {result.path}: {result.file_bytes} bytes = {result.file_bytes / result.max_bytes:.1%} "
