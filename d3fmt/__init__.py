@@ -1,7 +1,7 @@
 """d3fmt: Distributional Dataset Distillation in a few-megabyte, safe, versioned file.
 
 The format core (``d3fmt.format``, ``d3fmt.errors``) needs only numpy and zstandard;
-the torch parts (``D3Dataset``, ``D3Stream``, the distiller) are imported on first use.
+the torch parts (``D3Dataset``, ``D3Stream``, ``pack``, the distiller) are imported on first use.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ _LAZY = {
     "write_d3": "d3fmt.format.container",
     "D3Dataset": "d3fmt.loader.dataset",
     "D3Stream": "d3fmt.loader.dataset",
+    "pack": "d3fmt.packing",
 }
 
 

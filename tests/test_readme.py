@@ -29,6 +29,23 @@ def test_python_example_trains_over_the_stream(d3_file, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+def test_pack_example_runs(tmp_path, monkeypatch):
+    """The d3fmt.pack example as written, with a tiny distillation (its settings are the defaults)."""
+    import d3fmt
+
+    real = d3fmt.pack
+    tiny = dict(iterations=2, pretrain_steps=10, num_experts=1, expert_epochs=2, eval_epochs=1, device="cpu",
+                quiet=True, work_dir=str(tmp_path / "work"))
+    monkeypatch.setattr(d3fmt, "pack", lambda *a, **kw: real(*a, **{**kw, **tiny}), raising=False)
+    monkeypatch.chdir(tmp_path)
+    code = next(b for b in _blocks("python") if "d3fmt.pack(" in b)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    result = scope["result"]
+    assert result.path.exists() and result.bytes <= result.max_bytes and 0 <= result.accuracy <= 1
+
+
+@pytest.mark.slow
 def test_cli_examples_run(d3_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     commands = [line.split("#")[0].strip() for block in _blocks("bash") for line in block.splitlines()]

@@ -48,6 +48,8 @@ import numpy as np
 
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.format.budget import Budget
+from d3fmt.format.decoders import FAMILIES
+from d3fmt.format.encoding import FLOAT_ENCODINGS
 from d3fmt.models.decoder import DecoderConfig, decode_mflop, decoder_param_shapes
 
 PRIOR_SHARE = 0.45  # at most this share of the budget goes to latent means + log-variances
@@ -65,7 +67,7 @@ Z_CHOICES = (64, 32, 16, 8)
 ALIGN = 8
 HEADER_BASE = 1600  # JSON header without sections: names, budget, provenance (raw bytes)
 HEADER_PER_SECTION = 150  # one section entry in the JSON header (raw bytes)
-ENCODINGS = ("float32", "float16", "int8")
+ENCODINGS = FLOAT_ENCODINGS  # the decoder weight encodings the fitter may choose
 DECODE_KFLOP_PER_PIXEL = 20.0  # default decode cap: kFLOP per output pixel (H * W), see default_decode_mflop
 
 
@@ -367,8 +369,8 @@ def _check_request(req: BudgetRequest) -> None:
         raise ConfigError(f"unknown encoding {req.weight_encoding!r}; use one of {', '.join(ENCODINGS)}")
     if req.max_decode_mflop is not None and not req.max_decode_mflop >= 0:
         raise ConfigError(f"the decode cap must be >= 0 MFLOP per image (0: none), got {req.max_decode_mflop}")
-    if req.family is not None and req.family not in ("small", "medium", "large"):
-        raise ConfigError(f"unknown decoder family {req.family!r}; use small, medium or large")
+    if req.family is not None and req.family not in FAMILIES:
+        raise ConfigError(f"unknown decoder family {req.family!r}; use one of {', '.join(FAMILIES)}")
 
 
 TEACHER_SHARE = 0.25  # at most this share of the budget goes to the labelling teacher

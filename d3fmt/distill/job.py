@@ -45,6 +45,21 @@ class PackResult:
     subtasks: list[int] = field(default_factory=list)  # the subtasks this process distilled
     partial: bool = False  # a partial container (--subtask) was written
 
+    @property
+    def bytes(self) -> int:
+        """The file's size."""
+        return self.file_bytes
+
+    @property
+    def choices(self) -> dict:
+        """What the budget fitter chose (the file's ``budget.choices``)."""
+        return self.plan.choices()
+
+    @property
+    def accuracy(self) -> float | None:
+        """The final evaluation's mean accuracy (None without an evaluation)."""
+        return None if self.evaluation is None else self.evaluation.mean
+
 
 @dataclass
 class PackContext:

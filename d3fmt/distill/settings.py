@@ -27,6 +27,7 @@ from d3fmt.errors import ConfigError
 from d3fmt.evaluation.evaluate import EvalConfig
 from d3fmt.format.budget import check_budget_args
 from d3fmt.models.teacher import AUTO_TEACHER, MAX_TEACHER_WIDTH, TeacherConfig
+from d3fmt.sources.cache import cache_dir_setting
 
 
 @dataclass
@@ -114,8 +115,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         raise ConfigError(f"unknown pack settings {sorted(unknown)}")
     s = {**DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS and v is not None}}
     advanced = {k: settings[k] for k in ADVANCED if settings.get(k) is not None}
-    if s["no_cache"] and s["cache_dir"]:
-        raise ConfigError("give --cache-dir or --no-cache, not both")
+    cache_dir = cache_dir_setting(s["cache_dir"], s["no_cache"])
     if not 0 <= s["warmup"] < 1:
         raise ConfigError(f"--warmup is a share of the iterations in [0, 1), got {s['warmup']}")
     p = resolve_preset(s["preset"], resolve_device(s["device"]).type == "cuda", {
@@ -131,7 +131,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
         teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
         max_decode_mflop=s["max_decode_mflop"],
-        cache_dir="" if s["no_cache"] else s["cache_dir"], workers=s["workers"],
+        cache_dir=cache_dir, workers=s["workers"],
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,

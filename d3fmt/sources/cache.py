@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3fmt.errors import D3IOError, SourceError
+from d3fmt.errors import ConfigError, D3IOError, SourceError
 from d3fmt.format.container import atomic_write
 from d3fmt.sources.base import BadImages, Part, SourceParts, one_line
 from d3fmt.sources.images import ImageDecodeError
@@ -65,6 +65,14 @@ CACHE_FORMAT = "d3fmt-image-cache/1"
 CACHED_KINDS = ("imagefolder", "webdataset")
 BLOCK_RECORDS = 1024   # records decoded per worker task (and logged as one block)
 READ_CHUNK = 256       # images a worker decodes between writes
+
+
+def cache_dir_setting(cache_dir: str | None, no_cache: bool) -> str | None:
+    """A job's ``cache_dir`` setting from ``--cache-dir`` / ``--no-cache``: None (the default
+    place), a directory, or "" (no cache)."""
+    if no_cache and cache_dir:
+        raise ConfigError("give --cache-dir or --no-cache, not both")
+    return "" if no_cache else cache_dir
 
 
 @dataclass
