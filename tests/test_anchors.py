@@ -169,3 +169,39 @@ def test_pack_anchors_on_digits_writes_a_file_within_the_cap(tmp_path):
         assert r.file_bytes == result.file_bytes <= result.max_bytes == r.header["budget"]["max_bytes"]
         assert r.header["budget"]["choices"]["anchors_per_class"] == result.per_class >= 5
         r.verify()
+
+
+def test_d3_pack_representation_anchors_and_eval_recipe_best(tmp_path):
+    from click.testing import CliRunner
+
+    from d3fmt.cli import main
+
+    out = tmp_path / "d.d3"
+    runner = CliRunner()
+    res = runner.invoke(main, ["pack", "digits", "-o", str(out), "--budget", "2", "--representation", "anchors",
+                               "--no-eval", "--work-dir", str(tmp_path / "w"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "real anchors per class at 2 bit(s)" in res.output
+    res = runner.invoke(main, ["eval", str(out), "--test", "digits", "--recipe", "best", "--steps", "3", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "recipe plain:" in res.output and "recipe dsa:" in res.output and "best recipe:" in res.output
+    with D3Reader(out) as r:
+        assert sorted(e["recipe"] for e in r.header["evals"]) == ["dsa", "plain"]
+    res = runner.invoke(main, ["inspect", str(out)])
+    assert res.exit_code == 0 and "anchors" in res.output
+
+
+def test_cli_choices_match_the_library():
+    from d3fmt.cli.options import RECIPE_CHOICES
+    from d3fmt.distill.presets import REPRESENTATIONS
+    from d3fmt.evaluation import evaluate
+
+    assert RECIPE_CHOICES == evaluate.RECIPE_CHOICES
+    assert set(REPRESENTATIONS) == {"latent", "anchors"}
+
+
+def test_bad_representation_is_a_config_error():
+    from d3fmt.distill.settings import pack_config
+
+    with pytest.raises(ConfigError, match="--representation"):
+        pack_config("digits", "x.d3", budget=1, representation="pixels")

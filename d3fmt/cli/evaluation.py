@@ -7,8 +7,23 @@ import json
 import click
 
 from d3fmt.cli.app import main
-from d3fmt.cli.options import DEFAULT_CACHE_DIR, LABEL_CHOICES, cache_config, cache_options, eval_config, eval_options
-from d3fmt.cli.render import baseline_lines, codecs_lines, compare_lines, echo, eval_lines
+from d3fmt.cli.options import (
+    DEFAULT_CACHE_DIR,
+    LABEL_CHOICES,
+    cache_config,
+    cache_options,
+    eval_options,
+    recipe_configs,
+)
+from d3fmt.cli.render import (
+    baseline_lines,
+    best_recipe_lines,
+    codecs_lines,
+    compare_lines,
+    echo,
+    eval_lines,
+    recipe_header,
+)
 from d3fmt.errors import ConfigError
 
 
@@ -67,19 +82,34 @@ def eval_cmd(file, test_src, samples_per_class, labels, no_record, compare, comp
         raise ConfigError("--compare-codecs and --source only apply with --compare")
     if eval_kw["width"] is None and eval_kw["model"] == "convnet":
         eval_kw["width"] = file_convnet_width(file)
-    cfg = eval_config(**eval_kw, samples_per_class=samples_per_class, labels=labels)
     cache = cache_config(cache_dir, no_cache, workers, quiet)
-    if compare:
-        return _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json, quiet, cache)
-    with _train_bar(quiet, cfg, "eval") as pbar:
-        ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record, cache=cache)
-    if as_json:
-        click.echo(json.dumps({"file": file, "test_set": test.name, "recorded": not no_record, **ev.to_json()}))
-    else:
-        echo(eval_lines(file, ev, test.name, not no_record))
+    results = {}
+    for recipe, cfg in recipe_configs(**eval_kw, samples_per_class=samples_per_class, labels=labels).items():
+        if compare:
+            results[recipe] = _eval_compare(file, test_src, cfg, compare_codecs, source_src, no_record, as_json,
+                                            quiet, cache, recipe).evaluation
+            continue
+        with _train_bar(quiet, cfg, "eval" if recipe is None else f"eval ({recipe})") as pbar:
+            ev, test = evaluate_file(file, test_src, cfg, progress=_progress(pbar), record=not no_record, cache=cache)
+        results[recipe] = ev
+        if as_json:
+            click.echo(json.dumps({"file": file, "test_set": test.name, "recorded": not no_record, "recipe": recipe,
+                                   **ev.to_json()}))
+        else:
+            echo(recipe_header(recipe) + eval_lines(file, ev, test.name, not no_record))
+    _echo_best(results, as_json)
 
 
-def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet, cache):
+def _echo_best(results: dict, as_json: bool) -> None:
+    """With --recipe best: which recipe won (each method is judged at its better recipe)."""
+    if len(results) < 2 or as_json:
+        return
+    from d3fmt.evaluation.evaluate import best_recipe
+
+    echo(best_recipe_lines(best_recipe(results), results))
+
+
+def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, quiet, cache, recipe=None):
     from d3fmt.evaluation.baseline import compare_file
     from d3fmt.progress import bar
 
@@ -88,11 +118,12 @@ def _eval_compare(file, test_src, cfg, codecs, source_src, no_record, as_json, q
                               progress=_progress(pbar), on_codec=lambda name: pbar.set_description(name),
                               cache=cache)
     if as_json:
-        click.echo(json.dumps({"file": file, "test_set": result.test_set, "recorded": not no_record,
+        click.echo(json.dumps({"file": file, "test_set": result.test_set, "recorded": not no_record, "recipe": recipe,
                                **result.evaluation.to_json(), "compare": result.record["compare"],
                                "margin_points": result.margin, "codecs": result.codecs.to_json()["codecs"]}))
     else:
-        echo(compare_lines(file, result, not no_record))
+        echo(recipe_header(recipe) + compare_lines(file, result, not no_record))
+    return result
 
 
 @main.group("baseline")
@@ -110,14 +141,18 @@ def baseline_group():
 def _baseline_run(kind, src, test_src, budget, image_size, subset_seed, out, eval_kw, as_json, quiet, cache):
     from d3fmt.evaluation.baseline import BaselineConfig, run_full, run_random
 
-    cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
-                         out=out, evaluation=eval_config(**eval_kw), cache=cache)
-    with _train_bar(quiet, cfg.evaluation, f"baseline {kind}") as pbar:
-        result = (run_random if kind == "random" else run_full)(cfg, progress=_progress(pbar))
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        echo(baseline_lines(kind, result, out))
+    results = {}
+    for recipe, ecfg in recipe_configs(**eval_kw).items():
+        cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
+                             out=out, evaluation=ecfg, cache=cache)
+        with _train_bar(quiet, cfg.evaluation, f"baseline {kind}") as pbar:
+            result = (run_random if kind == "random" else run_full)(cfg, progress=_progress(pbar))
+        results[recipe] = result.evaluation
+        if as_json:
+            click.echo(json.dumps({**result.to_json(), "recipe": recipe}))
+        else:
+            echo(recipe_header(recipe) + baseline_lines(kind, result, out))
+    _echo_best(results, as_json)
 
 
 _test_option = click.option("--test", "test_src",
@@ -178,13 +213,17 @@ def baseline_codecs_cmd(src, budget, max_bytes, codec_list, test_src, image_size
     """
     from d3fmt.evaluation.baseline import BaselineConfig
 
-    cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
-                         evaluation=eval_config(**eval_kw), cache=cache_config(cache_dir, no_cache, workers, quiet))
-    result = _run_codecs(cfg, codec_list, max_bytes, quiet)
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        echo(codecs_lines(result))
+    results = {}
+    for recipe, ecfg in recipe_configs(**eval_kw).items():
+        cfg = BaselineConfig(source=src, test=test_src, budget=budget, image_size=image_size, seed=subset_seed,
+                             evaluation=ecfg, cache=cache_config(cache_dir, no_cache, workers, quiet))
+        result = _run_codecs(cfg, codec_list, max_bytes, quiet)
+        results[recipe] = result.best.evaluation
+        if as_json:
+            click.echo(json.dumps({**result.to_json(), "recipe": recipe}))
+        else:
+            echo(recipe_header(recipe) + codecs_lines(result))
+    _echo_best(results, as_json)
 
 
 def _run_codecs(cfg, codec_list, max_bytes, quiet):

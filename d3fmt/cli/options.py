@@ -12,6 +12,7 @@ EVAL_DEFAULTS = dict(model="convnet", epochs=300, runs=1, batch_size=256, seed=0
                      dsa="color_crop_cutout_flip_scale_rotate")
 MODELS = ("convnet", "resnet18")  # evaluate.MODELS
 LABEL_CHOICES = ("auto", "hard", "soft", "teacher")  # evaluate.LABEL_CHOICES
+RECIPE_CHOICES = ("plain", "dsa", "best")  # evaluate.RECIPE_CHOICES
 DEFAULT_CACHE_DIR = f"{DEFAULTS['work_dir']}/sources"  # = <pack's default --work-dir>/sources
 
 
@@ -78,11 +79,27 @@ eval_options = stack(  # training options shared by `d3 eval` and `d3 baseline`:
                       "--model resnet18 its first-stage width [64, the standard ResNet-18; 16 is 16x cheaper]."),
     click.option("--dsa", default=EVAL_DEFAULTS["dsa"], show_default=True,
                  help="Differentiable augmentation families joined by '_'; 'none' disables it."),
+    click.option("--recipe", type=click.Choice(RECIPE_CHOICES),
+                 help="Training recipe, instead of --dsa: plain = random crop + flip, dsa = the reference "
+                      "augmentation, best = train under both and report the better one (a strong augmentation "
+                      "multiplies a small real subset, so methods are compared each at its better recipe; "
+                      "evidence: benchmarks/fmnist-recipes.md)."),
     click.option("--seed", default=EVAL_DEFAULTS["seed"], show_default=True, help="Seed of model init, sampling and augmentation."),
     click.option("--device", default=DEFAULTS["device"], show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
 )
+
+
+def recipe_configs(recipe=None, **eval_kw) -> dict:
+    """{recipe name: EvalConfig} of the options above: one config, or one per recipe
+    (``--recipe best``); the key is None when no --recipe was given (--dsa decides)."""
+    cfg = eval_config(**eval_kw)
+    if recipe is None:
+        return {None: cfg}
+    from d3fmt.evaluation.evaluate import recipe_configs as configs
+
+    return configs(cfg, recipe)
 
 
 def eval_config(model, epochs, steps, runs, lr, batch_size, width, dsa, seed, device, **extra):

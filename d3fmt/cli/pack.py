@@ -9,7 +9,7 @@ from d3fmt.cli.options import DEFAULT_CACHE_DIR, TEACHER_WIDTH, cache_options
 from d3fmt.cli.render import echo, merge_lines, pack_lines
 from d3fmt.distill.presets import DEFAULTS as D
 from d3fmt.distill.presets import NAMES as PRESET_NAMES
-from d3fmt.distill.presets import preset_values
+from d3fmt.distill.presets import REPRESENTATIONS, preset_values
 from d3fmt.format.decoders import FAMILIES
 from d3fmt.format.encoding import FLOAT_ENCODINGS as ENCODINGS
 
@@ -67,6 +67,13 @@ def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
 @click.option("--subtasks", default=D["subtasks"], show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
 @click.option("--subtask", type=int, help="Distil only this subtask (0..S-1) into a partial file for `d3 merge` (job arrays).")
 @click.option("--label-sample", default=D["label_sample"], show_default=True, help="With --soft-labels: real images per class (the first ones) the all-class soft-label expert trains on.")
+@click.option("--representation", type=click.Choice(REPRESENTATIONS), default=D["representation"], show_default=True,
+              help="What the file holds. latent: per-class Gaussian priors + decoders, distilled (the paper's D3; "
+                   "the options below). anchors: as many real training images per class as fit, reduced to "
+                   "2^--anchor-bits grey levels and context-coded, plus the --teacher-width teacher; every "
+                   "anchor is one component of its class's mixture. Evidence: benchmarks/fmnist-recipes.md.")
+@click.option("--anchor-bits", default=D["anchor_bits"], show_default=True, type=click.IntRange(1, 4),
+              help="With --representation anchors: bits per pixel value (2^bits levels).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=D["preset"],
               show_default=True, help="Bundle of the settings below: fast (CPU, minutes), standard (GPU), "
               "reference (method.md); auto = standard on CUDA, fast on CPU. Options given explicitly win.")

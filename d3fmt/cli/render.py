@@ -13,6 +13,14 @@ def plan_line(plan) -> str:
             f"{plan.latents_per_class} latent(s) per class, {plan.decode_mflop:g} MFLOP per decoded image")
 
 
+def content_line(result) -> str:
+    """What the file holds: the fitter's decoder plan, or the anchors (--representation anchors)."""
+    if getattr(result, "plan", None) is not None:
+        return plan_line(result.plan)
+    teacher = f", a ConvNet-{result.teacher_width} labelling teacher" if result.teacher_width else ""
+    return f"  {result.per_class} real anchors per class at {result.bits} bit(s), context-coded{teacher}"
+
+
 def final_accuracy_line(ev) -> str:
     """The evaluation a pack or merge ends with."""
     return (f"  accuracy {ev.mean:.2%} +- {ev.std:.2%} ({ev.model}, {len(ev.accuracies)} run(s), "
@@ -26,7 +34,7 @@ def pack_lines(result, output: str, subtask: int | None, subtasks: int) -> list[
     if result.partial:
         return [f"wrote part {result.path} (subtask {subtask} of {subtasks}): {result.file_bytes} bytes; "
                 f"merge all parts with `d3 merge PARTS... -o OUT --source SRC`"]
-    lines = [f"wrote {result.path}: {budget_use(result)}", plan_line(result.plan)]
+    lines = [f"wrote {result.path}: {budget_use(result)}", content_line(result)]
     return lines + ([final_accuracy_line(result.evaluation)] if result.evaluation is not None else [])
 
 
@@ -92,3 +100,13 @@ def echo(lines: list[str], err: bool = False) -> None:
 
     for line in lines:
         click.echo(line, err=err)
+
+
+def recipe_header(recipe: str | None) -> list[str]:
+    """A line naming the recipe a result was trained under (none without --recipe)."""
+    return [] if recipe is None else [f"recipe {recipe}:"]
+
+
+def best_recipe_lines(best: str, results: dict) -> list[str]:
+    others = ", ".join(f"{name} {ev.mean:.2%}" for name, ev in results.items() if name != best)
+    return [f"best recipe: {best} ({results[best].mean:.2%}; {others})"]

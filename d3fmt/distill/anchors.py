@@ -17,7 +17,7 @@ bisection over real encodings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,19 @@ class AnchorPackResult:
     per_class: int
     bits: int
     teacher_width: int
-    evaluation: object | None  # d3fmt.evaluate.EvalResult
+    evaluation: object | None  # d3fmt.evaluation.evaluate.EvalResult
+    choices: dict = field(default_factory=dict)  # the file's budget.choices
+    partial: bool = False  # (anchors are packed whole: never a part of a federated job)
+    subtasks: list = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return self.file_bytes
+
+    @property
+    def accuracy(self) -> float | None:
+        """The final evaluation's mean accuracy (None without an evaluation)."""
+        return None if self.evaluation is None else self.evaluation.mean
 
 
 def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
@@ -233,4 +245,4 @@ def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
                           "pack again with a larger --budget")
     atomic_write(cfg.output, data)
     return AnchorPackResult(Path(cfg.output), len(data), budget.max_bytes, fit.per_class, anchor.bits, width,
-                            evaluation)
+                            evaluation, container.header["budget"]["choices"])

@@ -33,6 +33,7 @@ import torch
 from d3fmt import errors
 from d3fmt.device import resolve_device
 from d3fmt.distill import merge as merging
+from d3fmt.distill.anchors import AnchorConfig, AnchorPackResult, pack_anchors
 from d3fmt.distill.job import PackContext, PackResult, prepare
 from d3fmt.distill.settings import RUN_ONLY_FIELDS, PackConfig, config_from_settings, config_to_json
 from d3fmt.distill.subtask import distill_parts, part_path
@@ -62,9 +63,11 @@ def _merge_local(ctx: PackContext, paths: list[Path], device, ids: list[int]) ->
 # ---------------------------------------------------------------------------------------
 
 
-def pack(cfg: PackConfig) -> PackResult:
+def pack(cfg: PackConfig) -> PackResult | AnchorPackResult:
     """Run `d3 pack`: all subtasks here (one device or one worker per device), one subtask
     (``cfg.subtask``: a partial container), or this rank's share under torchrun."""
+    if cfg.representation == "anchors":
+        return pack_anchors(cfg, AnchorConfig(bits=cfg.anchor_bits, seed=cfg.seed))
     env = DistEnv.from_environ()
     if env is not None:
         if cfg.subtask is not None:

@@ -24,6 +24,8 @@ PRESETS: dict[str, dict[str, int]] = {
 NAMES = ("auto", *PRESETS)
 
 # Every other setting's one default (None: chosen later, by the budget fitter or the source).
+REPRESENTATIONS = ("latent", "anchors")  # what a file holds (d3 pack --representation)
+
 DEFAULTS: dict[str, object] = dict(
     budget=None, max_bytes=None, image_size=None, test=None, holdout=None, skip_bad=False,
     subtasks=1, subtask=None, label_sample=100, preset="auto",
@@ -32,6 +34,7 @@ DEFAULTS: dict[str, object] = dict(
     evaluate=True, eval_runs=1, device="auto", seed=0, work_dir=".d3cache", checkpoint_every=50,
     resume=False, quiet=False, teacher_width=0, teacher_epochs=6, priors="kmeans",
     compare=False, max_decode_mflop=None, cache_dir=None, no_cache=False, workers=None,
+    representation="latent", anchor_bits=2,
 )
 
 

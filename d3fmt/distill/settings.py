@@ -21,7 +21,7 @@ from d3fmt.augment import DSAParams
 from d3fmt.device import resolve_device
 from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
-from d3fmt.distill.presets import DEFAULTS, resolve_preset
+from d3fmt.distill.presets import DEFAULTS, REPRESENTATIONS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
 from d3fmt.evaluation.evaluate import EvalConfig
@@ -74,6 +74,10 @@ class PackConfig:
     # the decoded-image cache of ImageFolder / webdataset sources (d3fmt.sources.cache):
     cache_dir: str | None = DEFAULTS["cache_dir"]  # None: <work_dir>/sources; "": no cache (--no-cache)
     workers: int | None = DEFAULTS["workers"]  # processes decoding into the cache; None: the usable CPUs
+    # what the file holds: "latent" (the paper's priors + decoders) or "anchors" (real images as
+    # context-coded levels, d3fmt.distill.anchors) with anchor_bits bits per pixel value
+    representation: str = DEFAULTS["representation"]
+    anchor_bits: int = DEFAULTS["anchor_bits"]
 
     def __post_init__(self):
         check_budget_args(self.budget, self.max_bytes)
@@ -91,6 +95,8 @@ class PackConfig:
             raise ConfigError("--compare trains the codec family beside the final evaluation; drop --no-eval")
         if self.max_decode_mflop is not None and not self.max_decode_mflop >= 0:
             raise ConfigError(f"--max-decode-mflop must be >= 0 (0: no cap), got {self.max_decode_mflop}")
+        if self.representation not in REPRESENTATIONS:
+            raise ConfigError(f"--representation must be one of {', '.join(REPRESENTATIONS)}, got {self.representation!r}")
         if self.label_sample < 1:
             raise ConfigError(f"--label-sample must be >= 1 image per class, got {self.label_sample}")
 
@@ -131,7 +137,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
         teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
         max_decode_mflop=s["max_decode_mflop"],
-        cache_dir=cache_dir, workers=s["workers"],
+        cache_dir=cache_dir, workers=s["workers"], representation=s["representation"], anchor_bits=s["anchor_bits"],
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,
