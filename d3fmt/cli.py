@@ -217,7 +217,8 @@ def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
 @click.option("--test", help="A separate held-out source for the final evaluation.")
 @click.option("--holdout", type=float, help="Fraction held out for evaluation when SRC has no test split [0.2].")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
-@click.option("--subtasks", default=D["subtasks"], show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
+@click.option("--subtasks", type=click.IntRange(1), help=f"Class subsets distilled separately, each with its own experts and decoder [{D['subtasks']}, more when the memory plan needs them].")
+@click.option("--max-memory", help="Memory the pack may use (8G, 512M, bytes): the plan printed before training chooses batch_syn, mmd_classes and --subtasks (when not given) to fit it, and refuses settings that cannot [the device's memory minus 10%, at least 1 GiB].")
 @click.option("--subtask", type=int, help="Distil only this subtask (0..S-1) into a partial file for `d3 merge` (job arrays).")
 @click.option("--label-sample", default=D["label_sample"], show_default=True, help="With --soft-labels: real images per class (the first ones) the all-class soft-label expert trains on.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=D["preset"],

@@ -85,6 +85,7 @@ __all__ = [
     "ConfigError",
     "D3IOError",
     "TrainingError",
+    "MemoryPlanError",
 ]
 
 
@@ -108,3 +109,7 @@ def missing_extra(exc: ModuleNotFoundError) -> D3Error | None:
     package, extra = EXTRA_MODULES[top]
     return MissingExtraError(f"this needs the {package} package (module {top!r}), which is not installed; install "
                              f"d3fmt's [{extra}] extra: pip install torch==2.13.0 'd3fmt[{extra}]'")
+
+
+class MemoryPlanError(ConfigError):
+    """The memory plan of a pack does not fit --max-memory with the settings given (checked before training)."""

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, object] = dict(
     evaluate=True, eval_runs=1, device="auto", seed=0, work_dir=".d3cache", checkpoint_every=50,
     resume=False, quiet=False, teacher_width=0, teacher_epochs=6, priors="kmeans",
     compare=False, max_decode_mflop=None, cache_dir=None, no_cache=False, workers=None,
+    max_memory=None,
 )
 
 

@@ -21,6 +21,7 @@ from d3fmt.augment import DSAParams
 from d3fmt.device import resolve_device
 from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
+from d3fmt.distill.memory import CHOOSABLE, parse_bytes
 from d3fmt.distill.presets import DEFAULTS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
@@ -72,6 +73,10 @@ class PackConfig:
     # the decoded-image cache of ImageFolder / webdataset sources (d3fmt.sources.cache):
     cache_dir: str | None = DEFAULTS["cache_dir"]  # None: <work_dir>/sources; "": no cache (--no-cache)
     workers: int | None = DEFAULTS["workers"]  # processes decoding into the cache; None: the usable CPUs
+    # the memory plan (d3fmt.distill.memory): its bound in bytes (None: the device's memory minus a
+    # margin) and the settings it may choose (those not given; emptied once chosen)
+    max_memory: int | None = DEFAULTS["max_memory"]
+    planned: tuple[str, ...] = ()
 
     def __post_init__(self):
         if (self.budget is None) == (self.max_bytes is None):
@@ -90,6 +95,11 @@ class PackConfig:
             raise ConfigError("--compare trains the codec family beside the final evaluation; drop --no-eval")
         if self.max_decode_mflop is not None and not self.max_decode_mflop >= 0:
             raise ConfigError(f"--max-decode-mflop must be >= 0 (0: no cap), got {self.max_decode_mflop}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError(f"--max-memory must be positive, got {self.max_memory} bytes")
+        self.planned = tuple(self.planned)
+        if set(self.planned) - set(CHOOSABLE):
+            raise ConfigError(f"planned settings must be among {CHOOSABLE}, got {list(self.planned)}")
         if self.label_sample < 1:
             raise ConfigError(f"--label-sample must be >= 1 image per class, got {self.label_sample}")
 
@@ -122,6 +132,10 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         "convnet_width": convnet_width, "num_experts": num_experts, "expert_epochs": expert_epochs,
         "iterations": iterations, "syn_steps": syn_steps, "eval_epochs": eval_epochs})
     seed, width, iterations = s["seed"], p["convnet_width"], p["iterations"]
+    # what the memory plan chooses: the settings not given (--subtasks also counts as given with --subtask)
+    planned = tuple(name for name in CHOOSABLE if settings.get(name) is None
+                    and not (name == "subtasks" and settings.get("subtask") is not None))
+    max_memory = None if s["max_memory"] is None else parse_bytes(s["max_memory"])
     return PackConfig(
         source=source, output=output, budget=s["budget"], max_bytes=s["max_bytes"], image_size=s["image_size"],
         test=s["test"], holdout=s["holdout"], skip_bad=s["skip_bad"], subtasks=s["subtasks"], subtask=s["subtask"],
@@ -131,7 +145,8 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         encoding=s["encoding"], quiet=s["quiet"], teacher_width=s["teacher_width"],
         teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
         max_decode_mflop=s["max_decode_mflop"],
-        cache_dir="" if s["no_cache"] else s["cache_dir"], workers=s["workers"],
+        cache_dir="" if s["no_cache"] else s["cache_dir"], workers=s["workers"], max_memory=max_memory,
+        planned=planned,
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,
@@ -144,7 +159,8 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
 
 
 # Fields that say how or where a process runs, not what it computes.
-RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask", "cache_dir", "workers")
+RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask", "cache_dir", "workers",
+                   "max_memory", "planned")
 
 
 def settings_json(cfg: PackConfig) -> dict:
