@@ -105,29 +105,34 @@ def prepare(cfg: PackConfig) -> PackContext:
     source = open_pack_source(cfg)
     info = source.info
     ipc, max_bytes = max_bytes_of(cfg, info.num_classes, info.image_shape)
-    cfg, memory = plan_pack_memory(cfg, info, ipc, max_bytes)
+    cfg, memory, plan = plan_pack_memory(cfg, info, ipc, max_bytes)
     partition = partition_classes(info.num_classes, cfg.subtasks)
-    plan = fit(cfg, info, partition, ipc, max_bytes)
     mean, std = sample_stats(source, STATS_PER_CLASS)
     run_dir = Path(cfg.work_dir) / "runs" / run_key(cfg, info.content_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     return PackContext(cfg, source, info, ipc, max_bytes, partition, plan, mean, std, run_dir, memory)
 
 
-def plan_pack_memory(cfg: PackConfig, info, ipc: float, max_bytes: int) -> tuple[PackConfig, MemoryPlan]:
+def plan_pack_memory(cfg: PackConfig, info, ipc: float, max_bytes: int) -> tuple[PackConfig, MemoryPlan, BudgetPlan]:
     """The memory plan before any training (:mod:`d3fmt.distill.memory`): the settings in
     ``cfg.planned`` chosen so that it fits ``cfg.max_memory`` (default: the device's memory
     minus a margin), the others checked (a MemoryPlanError when they do not fit). Returns the
     config with the chosen values (``planned`` emptied, ``max_memory`` resolved, so that
-    worker processes recompute the same plan) and the plan; printed unless quiet."""
+    worker processes recompute the same plan), the memory plan (printed unless quiet) and
+    the budget plan of the chosen subtask count."""
     device = resolve_device(cfg.device if cfg.device != "auto" or not cfg.devices else cfg.devices[0])
     limit = cfg.max_memory or default_limit(device.type, _device_total(device))
     plans: dict[int, BudgetPlan] = {}
 
-    def workload_of(subtasks: int) -> Workload:
+    def workload_of(subtasks: int) -> Workload | None:
         if subtasks not in plans:
-            plans[subtasks] = fit(replace(cfg, subtasks=subtasks), info, partition_classes(info.num_classes, subtasks),
-                                  ipc, max_bytes)
+            try:
+                plans[subtasks] = fit(replace(cfg, subtasks=subtasks), info,
+                                      partition_classes(info.num_classes, subtasks), ipc, max_bytes)
+            except BudgetError:
+                if subtasks == cfg.subtasks:
+                    raise
+                return None  # more subtasks: more decoders than the budget holds
         return pack_workload(cfg, info, subtasks, plans[subtasks])
 
     d = cfg.distill
@@ -137,7 +142,7 @@ def plan_pack_memory(cfg: PackConfig, info, ipc: float, max_bytes: int) -> tuple
         print(memory.line(), file=sys.stderr)
     cfg = replace(cfg, subtasks=memory.subtasks, planned=(), max_memory=limit,
                   distill=replace(d, batch_syn=memory.batch_syn, mmd_classes=memory.mmd_classes))
-    return cfg, memory
+    return cfg, memory, plans[memory.subtasks]
 
 
 def _device_total(device) -> int | None:

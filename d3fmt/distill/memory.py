@@ -56,6 +56,7 @@ MIN_MARGIN = 1 * GiB
 # (28 px grey, 32 and 64 px RGB; width-32 ConvNet, small decoders): within 8 % at each.
 KEEP_MTT_CONV, KEEP_MMD_CONV, KEEP_DECODER, KEEP_TRAIN_CONV = 1.75, 1.25, 0.5, 2.0
 DSA_COPIES = 2  # augmented copies of each image alive at once
+KEEP_NOGRAD = 0.4  # a forward pass without a graph keeps about two layer outputs alive at once
 MIN_BATCH_SYN = 8  # below this the inner steps are too noisy to choose silently
 MIN_MMD_CLASSES = 2
 
@@ -146,7 +147,7 @@ def iteration_bytes(w: Workload, batch_syn: int, mmd_classes: int) -> int:
     k = min(mmd_classes, w.classes) if mmd_classes else w.classes
     mtt = w.syn_steps * (b * sample_bytes(w, KEEP_MTT_CONV) + 3 * FLOAT * w.conv_params)
     mmd = k * w.mmd_samples * sample_bytes(w, KEEP_MMD_CONV)
-    real = k * w.mmd_real * FLOAT * (w.image_values * DSA_COPIES) + min(k * w.mmd_real, w.eval_batch) * FLOAT * w.conv_values
+    real = k * w.mmd_real * FLOAT * (w.image_values * DSA_COPIES + KEEP_NOGRAD * w.conv_values)
     params = FLOAT * 4 * w.decoder_params  # weights, gradients, Adam's two moments
     priors = FLOAT * 3 * 2 * w.priors * w.z_dim  # mu and logvar, gradients, momentum
     return int(mtt + mmd + real + params + priors)
@@ -183,7 +184,7 @@ def price(w: Workload, device: str, subtasks: int, batch_syn: int, mmd_classes: 
 CHOOSABLE = ("subtasks", "batch_syn", "mmd_classes")
 
 
-def plan_memory(workload_of: Callable[[int], Workload], *, device: str, limit: int, subtasks: int, batch_syn: int,
+def plan_memory(workload_of: Callable[[int], Workload | None], *, device: str, limit: int, subtasks: int, batch_syn: int,
                 mmd_classes: int, choose: tuple[str, ...] = CHOOSABLE, max_subtasks: int | None = None) -> MemoryPlan:
     """The plan for the given settings, with the settings named in ``choose`` chosen so that
     it fits (see the module docstring). ``workload_of(S)`` is the largest subtask's workload
@@ -195,7 +196,10 @@ def plan_memory(workload_of: Callable[[int], Workload], *, device: str, limit: i
     candidates = _subtask_candidates(subtasks, max_subtasks) if "subtasks" in choose else [subtasks]
     first = None
     for s in candidates:
-        plan = _fit_bounds(workload_of(s), device, s, batch_syn, mmd_classes, limit, choose, allowance)
+        w = workload_of(s)
+        if w is None:  # no workload with this many subtasks (the budget does not hold their decoders)
+            break
+        plan = _fit_bounds(w, device, s, batch_syn, mmd_classes, limit, choose, allowance)
         first = first or plan
         if plan.peak <= limit:
             plan.chosen = [name for name in CHOOSABLE if name in choose and _changed(plan, name, subtasks, batch_syn,
