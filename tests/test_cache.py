@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,38 @@ def test_changed_file_rebuilds_with_a_message(tmp_path, decodes, capsys):
     x, y = src.load("train")
     fresh = open_source(str(root), image_size=12).load("train")[0]
     assert np.array_equal(x, fresh) and not np.array_equal(x, old)
+
+
+def test_same_size_edit_of_a_big_tree_is_seen_by_its_mtime(tmp_path, decodes, capsys, monkeypatch):
+    """Above FULL_BYTES_LIMIT the content hash is names + sizes only; the cache also compares
+    modification times, so an image replaced by one of the same size is not served stale."""
+    from d3fmt.sources import hashing
+
+    monkeypatch.setattr(hashing, "FULL_BYTES_LIMIT", 0)  # every tree counts as big
+    root = _jpeg_tree(tmp_path / "tree")
+    cfg = CacheConfig(tmp_path / "cache", workers=1)
+    first = open_source(str(root), image_size=12, cache=cfg)
+    old = first.load("train")[0]
+    victim = root / "train" / "class1" / "002.jpg"
+    size, stat = victim.stat().st_size, victim.stat()
+    rng, data = np.random.default_rng(5), b""
+    while len(data) != size:  # another image of exactly the same size
+        data = _jpeg(rng, 46, 32)
+        data = data[:size] if len(data) > size else data + b"\0" * (size - len(data))
+    victim.write_bytes(data)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    decodes["n"] = 0
+    src = open_source(str(root), image_size=12, cache=cfg)
+    assert src.info.content_hash == first.info.content_hash  # the identity of the data did not see it...
+    err = capsys.readouterr().err
+    assert "files changed since it was built" in err and err.count("\n") == 1  # ...the cache did
+    assert decodes["n"] == 27
+    x = src.load("train")[0]
+    assert np.array_equal(x, open_source(str(root), image_size=12).load("train")[0]) and not np.array_equal(x, old)
+    decodes["n"] = 0  # unchanged since: reused
+    open_source(str(root), image_size=12, cache=cfg).load("train")
+    assert decodes["n"] == 0
 
 
 def test_interrupted_build_resumes_and_never_looks_complete(tmp_path, monkeypatch):

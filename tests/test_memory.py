@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from d3fmt.cli import main
-from d3fmt.distill.memory import GiB, ITERATION_BYTES, MiB, Workload, iteration_bytes, parse_bytes, plan_memory
+from d3fmt.distill.memory import ITERATION_BYTES, GiB, MiB, Workload, iteration_bytes, parse_bytes, plan_memory
 from d3fmt.errors import ConfigError, MemoryPlanError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from d3fmt.device import resolve_device
 from d3fmt.distill.assemble import EVAL_RESERVE, make_header, measure_plan, placeholders
 from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, fit_teacher, gaussian_ratios, teacher_bytes
 from d3fmt.distill.experts import EVAL_BATCH, expert_batch_size
 from d3fmt.distill.memory import MemoryPlan, Workload, default_limit, plan_memory
 from d3fmt.distill.settings import PackConfig, run_key
-from d3fmt.device import resolve_device
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.evaluate import EvalResult
 from d3fmt.format import budget_bytes

@@ -284,3 +284,4 @@ class SourceParts:
     test: Part | None          # the source's own held-out part, if it has one
     test_name: str | None      # how that part is called, e.g. "val/", "t10k", "x_test"
     content_hash: str
+    cache_stamp: str = ""      # the decoded-image cache's identity (hashing.FileHashes.stamp); "": content_hash
