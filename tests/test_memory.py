@@ -156,3 +156,24 @@ def test_worker_config_keeps_the_plans_choices():
     back = config_from_settings(d, **run)
     assert back.planned == () and back.distill.batch_syn == 64 and back.max_memory == 2 * GiB
     assert pack_config("digits", "o.d3", budget=10, subtasks=2, batch_syn=8).planned == ("mmd_classes",)
+
+
+@pytest.mark.slow
+def test_where_todays_settings_fit_the_pack_is_byte_identical(tmp_path):
+    """The planner keeps batch_syn = mmd_classes = 0 when they fit: the same file (every tensor and
+    header field but the creation time) as the settings given explicitly (what Fashion-MNIST budget 1 gets; benchmarks/fmnist-ablation.md)."""
+    from d3fmt.distill.launch import pack
+    from d3fmt.distill.settings import pack_config
+
+    tiny = dict(budget=10, iterations=2, num_experts=1, expert_epochs=2, match_epochs=1, syn_steps=2,
+                convnet_width=16, pretrain_steps=5, evaluate=False, quiet=True, device="cpu")
+    planned = pack(pack_config("digits", str(tmp_path / "a.d3"), work_dir=str(tmp_path / "wa"), **tiny))
+    given = pack(pack_config("digits", str(tmp_path / "b.d3"), work_dir=str(tmp_path / "wb"), subtasks=1,
+                             batch_syn=0, mmd_classes=0, **tiny))
+    from d3fmt.format import read_d3
+
+    a, b = read_d3(tmp_path / "a.d3"), read_d3(tmp_path / "b.d3")
+    for header in (a.header, b.header):
+        header["provenance"].pop("created")  # the clock: the only difference
+    assert planned.file_bytes == given.file_bytes and a.header == b.header and a.tensors.keys() == b.tensors.keys()
+    assert all(np.array_equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
