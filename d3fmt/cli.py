@@ -187,6 +187,14 @@ def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
     from there and decode nothing. Run it once before a job array. An interrupted build
     resumes where it stopped; a changed source is rebuilt (with a message). Unreadable
     images are listed in the manifest; without --skip-bad they make this command fail.
+
+    \b
+    Identity: an entry is reused while the source has the same file names, sizes and
+    modification times (as make and rsync compare files; a source of at most 64 MiB:
+    the same bytes). An image replaced by another of the same size gets a new mtime and
+    the entry is rebuilt; so does a copy made without keeping times (cp -a, rsync -a keep
+    them). The content hash recorded in packed files leaves mtimes out: a copied dataset
+    is still the same data.
     """
     from d3fmt.sources.cache import CacheConfig
     from d3fmt.sources.spec import prepare_cache
