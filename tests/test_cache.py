@@ -310,3 +310,27 @@ def test_cached_split_view_streams_slices_equal_to_load(tmp_path, decodes):
     plain = open_source(str(root / "train"), image_size=12)   # not cached: load()'s arrays
     tx, ty = plain.view("train")
     assert isinstance(tx, np.ndarray) and np.array_equal(ty, plain.load("train")[1])
+
+
+def test_cached_train_split_view_reads_picked_records_in_the_order_asked(tmp_path, monkeypatch):
+    """`--compare`, `d3 baseline codecs` and `d3 eval --compare` read the train split as a view:
+    the codecs' picks (integer index arrays) come from the cache, never the whole split."""
+    root = _jpeg_tree(tmp_path / "tree")
+    src = open_source(str(root), image_size=12, cache=CacheConfig(tmp_path / "cache", workers=1))
+    x, y = src.load("train")
+    view, vy = src.view("train")
+    assert not isinstance(view, np.ndarray) and np.array_equal(vy, y)
+    reads = []
+    real_read = cache_mod.CachedPart.read
+
+    def counting(part, ids, *args, **kw):
+        reads.append(len(ids))
+        return real_read(part, ids, *args, **kw)
+
+    monkeypatch.setattr(cache_mod.CachedPart, "read", counting)
+    pick = np.array([17, 2, 9, 2])
+    assert np.array_equal(view[pick], x[pick]) and np.array_equal(view[5], x[5])
+    assert np.array_equal(view[3:8], x[3:8])
+    assert sum(reads) == len(pick) + 1 + 5  # only what was asked for
+    with pytest.raises(TypeError):
+        view[y == 1]

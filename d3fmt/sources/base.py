@@ -259,10 +259,22 @@ class SplitView:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, s: slice) -> np.ndarray:
+    def __getitem__(self, s) -> np.ndarray:
+        """``view[a:b]``, ``view[i]`` or ``view[index_array]`` (the records in that order),
+        read from the part when asked for."""
+        if isinstance(s, (int, np.integer)):
+            return self[np.asarray([s])][0]
         if not isinstance(s, slice):
-            raise TypeError("a SplitView is read by slices: view[a:b]")
-        ids = self.ids[s]
+            index = np.asarray(s)
+            if index.dtype == bool or index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+                raise TypeError("a SplitView is read by slices, integers or 1-D integer index arrays")
+            order = np.argsort(index, kind="stable")  # read in file order, hand back in the order asked
+            out = np.empty((len(index), *self.shape[1:]), dtype=np.uint8)
+            out[order] = self._read(self.ids[index[order]])
+            return out
+        return self._read(self.ids[s])
+
+    def _read(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), *self.shape[1:]), dtype=np.uint8)   # [n, C, H, W]
         n = 0
         for got, images in self.part.read(ids, max(1, len(ids)), BadImages(skip=False)):
