@@ -12,6 +12,8 @@ that failed, 9 an optional dependency that is not installed; 130 an interrupt.
 
 from __future__ import annotations
 
+import contextlib
+
 
 class D3Error(Exception):
     """Base class of every error d3fmt raises on purpose."""
@@ -85,6 +87,7 @@ __all__ = [
     "ConfigError",
     "D3IOError",
     "TrainingError",
+    "MemoryPlanError",
 ]
 
 
@@ -108,3 +111,22 @@ def missing_extra(exc: ModuleNotFoundError) -> D3Error | None:
     package, extra = EXTRA_MODULES[top]
     return MissingExtraError(f"this needs the {package} package (module {top!r}), which is not installed; install "
                              f"d3fmt's [{extra}] extra: pip install torch==2.13.0 'd3fmt[{extra}]'")
+
+
+@contextlib.contextmanager
+def training_errors(stage: str):
+    """Inside: a RuntimeError from torch (a shape that does not fit, a bad kernel argument,
+    a non-finite value) becomes one line, a :class:`TrainingError` naming the stage.
+    Out-of-memory errors pass through (the CLI maps them, with their own advice)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainingError(f"{stage} failed: {first[:300]}; check the settings of that stage (decoder family "
+                            f"and width against --image-size, --z-dim), or report it as a bug") from exc
+
+
+class MemoryPlanError(ConfigError):
+    """The memory plan of a pack does not fit --max-memory with the settings given (checked before training)."""

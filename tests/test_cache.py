@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,38 @@ def test_changed_file_rebuilds_with_a_message(tmp_path, decodes, capsys):
     x, y = src.load("train")
     fresh = open_source(str(root), image_size=12).load("train")[0]
     assert np.array_equal(x, fresh) and not np.array_equal(x, old)
+
+
+def test_same_size_edit_of_a_big_tree_is_seen_by_its_mtime(tmp_path, decodes, capsys, monkeypatch):
+    """Above FULL_BYTES_LIMIT the content hash is names + sizes only; the cache also compares
+    modification times, so an image replaced by one of the same size is not served stale."""
+    from d3fmt.sources import hashing
+
+    monkeypatch.setattr(hashing, "FULL_BYTES_LIMIT", 0)  # every tree counts as big
+    root = _jpeg_tree(tmp_path / "tree")
+    cfg = CacheConfig(tmp_path / "cache", workers=1)
+    first = open_source(str(root), image_size=12, cache=cfg)
+    old = first.load("train")[0]
+    victim = root / "train" / "class1" / "002.jpg"
+    size, stat = victim.stat().st_size, victim.stat()
+    rng, data = np.random.default_rng(5), b""
+    while len(data) != size:  # another image of exactly the same size
+        data = _jpeg(rng, 46, 32)
+        data = data[:size] if len(data) > size else data + b"\0" * (size - len(data))
+    victim.write_bytes(data)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    decodes["n"] = 0
+    src = open_source(str(root), image_size=12, cache=cfg)
+    assert src.info.content_hash == first.info.content_hash  # the identity of the data did not see it...
+    err = capsys.readouterr().err
+    assert "files changed since it was built" in err and err.count("\n") == 1  # ...the cache did
+    assert decodes["n"] == 27
+    x = src.load("train")[0]
+    assert np.array_equal(x, open_source(str(root), image_size=12).load("train")[0]) and not np.array_equal(x, old)
+    decodes["n"] = 0  # unchanged since: reused
+    open_source(str(root), image_size=12, cache=cfg).load("train")
+    assert decodes["n"] == 0
 
 
 def test_interrupted_build_resumes_and_never_looks_complete(tmp_path, monkeypatch):
@@ -267,8 +300,9 @@ def test_cached_split_view_streams_slices_equal_to_load(tmp_path, decodes):
     assert isinstance(view, SplitView) and view.shape == x.shape == (11, 3, 12, 12) and len(view) == 11
     assert np.array_equal(vy, y) and np.array_equal(view[0:11], x) and np.array_equal(view[3:7], x[3:7])
     assert view[20:30].shape == (0, 3, 12, 12)
+    assert np.array_equal(view[2], x[2]) and np.array_equal(view[np.array([5, 1])], x[[5, 1]])
     with pytest.raises(TypeError, match="slices"):
-        view[2]
+        view[np.zeros(11, bool)]
     net = ConvNet(ConvNetConfig(channels=3, num_classes=3, image_size=12, width=4, depth=1))
     assert test_accuracy(net, view, vy, (0.5,) * 3, (0.5,) * 3, "cpu", batch_size=4) == \
         test_accuracy(net, x, y, (0.5,) * 3, (0.5,) * 3, "cpu", batch_size=11)
@@ -277,3 +311,27 @@ def test_cached_split_view_streams_slices_equal_to_load(tmp_path, decodes):
     plain = open_source(str(root / "train"), image_size=12)   # not cached: load()'s arrays
     tx, ty = plain.view("train")
     assert isinstance(tx, np.ndarray) and np.array_equal(ty, plain.load("train")[1])
+
+
+def test_cached_train_split_view_reads_picked_records_in_the_order_asked(tmp_path, monkeypatch):
+    """`--compare`, `d3 baseline codecs` and `d3 eval --compare` read the train split as a view:
+    the codecs' picks (integer index arrays) come from the cache, never the whole split."""
+    root = _jpeg_tree(tmp_path / "tree")
+    src = open_source(str(root), image_size=12, cache=CacheConfig(tmp_path / "cache", workers=1))
+    x, y = src.load("train")
+    view, vy = src.view("train")
+    assert not isinstance(view, np.ndarray) and np.array_equal(vy, y)
+    reads = []
+    real_read = cache_mod.CachedPart.read
+
+    def counting(part, ids, *args, **kw):
+        reads.append(len(ids))
+        return real_read(part, ids, *args, **kw)
+
+    monkeypatch.setattr(cache_mod.CachedPart, "read", counting)
+    pick = np.array([17, 2, 9, 2])
+    assert np.array_equal(view[pick], x[pick]) and np.array_equal(view[5], x[5])
+    assert np.array_equal(view[3:8], x[3:8])
+    assert sum(reads) == len(pick) + 1 + 5  # only what was asked for
+    with pytest.raises(TypeError):
+        view[y == 1]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,7 +23,7 @@ from d3fmt.distill.job import partition_classes
 from d3fmt.distill.launch import pack
 from d3fmt.distill.settings import PackConfig
 from d3fmt.distill.trainer import DistillConfig
-from d3fmt.errors import BudgetError, ConfigError, SourceError
+from d3fmt.errors import BudgetError, ConfigError, SourceError, TrainingError
 from d3fmt.evaluation.evaluate import EvalConfig
 from d3fmt.format import D3Container, D3Reader, read_d3
 from d3fmt.sources.synthetic import make_shapes_folder
@@ -183,3 +189,91 @@ def test_budget_plan_is_the_same_in_every_process_of_a_job(tmp_path):
                           "output": "/tmp/other.d3"})
     assert fit(other, moved, parts, 10.0, 25600).choices() == plan.choices()
     assert plan.decoders == fit(other, moved, parts, 10.0, 25600).decoders
+
+
+def test_torch_runtime_errors_become_one_line_training_errors(tmp_path, monkeypatch):
+    def broken(task, state):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x10)\nmore torch detail")
+
+    monkeypatch.setattr(trainer, "_iteration", broken)
+    res = CliRunner().invoke(main, ["pack", "digits", "-o", str(tmp_path / "x.d3"), "--budget", "10",
+                                    "--work-dir", str(tmp_path / "w"), "--no-eval", *TINY_ARGS])
+    assert res.exit_code == TrainingError.exit_code, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: distilling subtask 0 failed: mat1 and mat2 shapes")
+    assert not (tmp_path / "x.d3").exists()
+
+
+def test_out_of_memory_is_not_relabelled():
+    from d3fmt.errors import training_errors
+
+    with pytest.raises(MemoryError):
+        with training_errors("x"):
+            raise MemoryError
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with training_errors("x"):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_checkpoint_with_nan_is_refused_in_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = tiny_config(tmp_path, iterations=2, evaluation=None)
+    pack(cfg)
+    ckpt, = (tmp_path / "work").rglob(trainer.CHECKPOINT_NAME)
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(ckpt))
+    tensors["mu"][0, 0] = float("nan")
+    save_file(tensors, str(ckpt), metadata=meta)
+    (tmp_path / "work").joinpath("runs").rglob("part-*.d3").__next__().unlink()  # the part must be redone
+    with pytest.raises(TrainingError, match="non-finite values \\(mu\\)"):
+        pack(PackConfig(**{**cfg.__dict__, "resume": True, "distill": replace(cfg.distill, iterations=3)}))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
+    """A pack killed by SIGKILL (no cleanup runs) resumes from its last checkpoint and ends
+    with the tensors of an uninterrupted run."""
+    args = ["-m", "d3fmt", "pack", "digits", "--budget", "10", "--no-eval", *TINY_ARGS, "--iterations", "12",
+            "--checkpoint-every", "1"]
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, *args, "-o", str(tmp_path / "a.d3"), "--work-dir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reached = 0
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            ckpts = list(work.rglob(trainer.CHECKPOINT_NAME))
+            if ckpts:
+                reached = _checkpoint_iteration(ckpts[0])
+                if reached >= 2:
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert 2 <= reached < 12 and not (tmp_path / "a.d3").exists()
+    resumed = subprocess.run([sys.executable, *args, "-o", str(tmp_path / "a.d3"), "--work-dir", str(work),
+                              "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    fresh = subprocess.run([sys.executable, *args, "-o", str(tmp_path / "b.d3"), "--work-dir", str(tmp_path / "w2")],
+                           capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    a, b = read_d3(tmp_path / "a.d3"), read_d3(tmp_path / "b.d3")
+    for name in a.tensors:
+        np.testing.assert_allclose(a.tensors[name], b.tensors[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def _checkpoint_iteration(path) -> int:
+    import json as json_
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json_.loads(f.metadata()["d3fmt_checkpoint"])["iteration"]
+    except Exception:  # being replaced right now
+        return 0

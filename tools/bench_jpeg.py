@@ -192,6 +192,67 @@ def child_pack(spec: dict) -> dict:
             "decoded": timer.decoded, "file_bytes": result.file_bytes}
 
 
+# The headline row (issue 14): the README's ImageNet command as typed -- default settings, only the
+# training shortened -- on the 1,000-class tree at 64x64 and budget 2, the memory plan choosing S,
+# batch_syn and mmd_classes; peak RSS, wall time per stage and the plan's prediction beside it.
+HEADLINE_SETTINGS = dict(budget=2.0, image_size=SIZE, iterations=3, num_experts=1, expert_epochs=2, match_epochs=1,
+                         pretrain_steps=20, evaluate=False)
+HEADLINE_COMMAND = ("d3 pack TREE -o in1k.d3 --budget 2 --image-size 64 --iterations 3 --experts 1 "
+                    "--expert-epochs 2 --match-epochs 1 --pretrain-steps 20 --no-eval")
+
+
+class StageTimer:
+    """Wall seconds inside each stage of a pack (cache + source, experts, autoencoder, distillation, merge)."""
+
+    STAGES = (("train_experts", "experts"), ("pretrain_cached", "autoencoder"), ("distill", "distillation"))
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.memory = None
+
+    def install(self) -> None:
+        from d3fmt.distill import job, subtask
+
+        for name, stage in self.STAGES:
+            setattr(subtask, name, self._timed(getattr(subtask, name), stage))
+        real_plan = job.plan_pack_memory
+
+        def capture(*args, **kw):
+            out = real_plan(*args, **kw)
+            self.memory = out[1]
+            return out
+
+        job.plan_pack_memory = capture
+
+    def _timed(self, fn, stage):
+        def timed(*args, **kw):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        return timed
+
+
+def child_headline(spec: dict) -> dict:
+    import torch
+
+    from d3fmt.distill.launch import pack
+    from d3fmt.distill.settings import pack_config
+
+    torch.set_num_threads(spec["threads"])
+    timer = StageTimer()
+    timer.install()
+    start = time.perf_counter()
+    result = pack(pack_config(spec["source"], spec["output"], work_dir=spec["work_dir"], device="cpu", quiet=True,
+                              **HEADLINE_SETTINGS))
+    wall = time.perf_counter() - start
+    stages = {k: round(v, 1) for k, v in timer.seconds.items()}
+    stages["other"] = round(wall - sum(timer.seconds.values()), 1)  # opening, cache build, budget fit, merge
+    return {"wall_s": round(wall, 1), "stages_s": stages, "peak_rss_mib": round(_peak_mib(), 1),
+            "plan": timer.memory.to_json(), "plan_line": timer.memory.line(), "file_bytes": result.file_bytes}
+
+
 def child_prepare(spec: dict) -> dict:
     from d3fmt.sources.cache import CacheConfig
     from d3fmt.sources.spec import prepare_cache
@@ -287,7 +348,35 @@ def markdown(report: dict) -> str:
                      f"{r['held_uint8_mib']:,.0f} | {r['rss_target_mib']:,.0f} | {r['imagenet_loading_s']:,.0f} | "
                      f"{r['imagenet_held_uint8_gib']} | {r['imagenet_peak_rss_gib']} |")
     lines += ["", "Notes:", "", *[f"- {n}" for n in NOTES], ""]
+    if report.get("headline"):
+        lines += headline_markdown(report["headline"])
     return "\n".join(lines)
+
+
+def headline_markdown(h: dict) -> list[str]:
+    st, plan, gpu = h["stages_s"], h["plan"], h["imagenet"]
+    mib = 2**20
+    return [
+        "## Headline: the README's ImageNet command with default settings (issue 14)", "",
+        f"Command: `python tools/bench_jpeg.py --headline` = `{h['command']}` in a fresh work directory "
+        f"(so the pack builds its cache). Date: {h['date']}; device: {h['device']}; d3fmt {h['d3fmt_version']}; "
+        f"load average before: {h['load_average']} (other jobs shared the 2 cores: wall times are inflated).", "",
+        f"Source: 1000 classes x (6 train + 1 val) generated JPEGs of 96-160 px ({h['source_mib']:.0f} MiB); "
+        f"train images as uint8 at 64x64: {h['train_uint8_mib']:.0f} MiB.", "",
+        "| S | batch_syn | mmd_classes | peak RSS (MiB) | plan (MiB) | plan error | target (MiB) | wall (s) "
+        "| experts (s) | autoencoder (s) | distillation (s) | other (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {plan['subtasks']} | {plan['batch_syn'] or 'all'} | {plan['mmd_classes'] or 'all'} | "
+        f"{h['peak_rss_mib']:,.0f} | {plan['peak'] / mib:,.0f} | {h['plan_error']:+.0%} | {h['rss_target_mib']:,} | "
+        f"{h['wall_s']} | {st.get('experts', 0)} | {st.get('autoencoder', 0)} | {st.get('distillation', 0)} | "
+        f"{st.get('other', 0)} |", "",
+        f"The plan as printed: `{h['plan_line']}`", "",
+        f"Target (issue 14): peak RSS <= 1.25 x the uint8 train images + 2 GiB = {h['rss_target_mib']:,} MiB. "
+        "`other` = opening the tree, building the cache, the budget fit and the memory plan, the merge and write.", "",
+        f"**ImageNet-1k (1,281,167 images) on one 80 GB GPU**, the plan for the same command with the `standard` "
+        f"preset `--device auto` picks there (width 128): `{gpu['line']}`. Arithmetic only, not measured (no GPU "
+        f"here); the GPU per-iteration bound is {gpu['iteration_bound_gib']:.0f} GiB.", "",
+    ]
 
 
 NOTES = [
@@ -321,12 +410,16 @@ def jpeg_main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--out", default="benchmarks/scale-jpeg.json")
     p.add_argument("--markdown-only", action="store_true", help="only re-render the .md from --out")
+    p.add_argument("--headline", action="store_true",
+                   help="only the headline row: the README's ImageNet command with default settings (training "
+                        "shortened) on a 1000 x (6 + 1) tree of 96-160 px JPEGs; keeps the other rows of --out")
     p.add_argument("--prepare-only", action="store_true",
                    help="measure the cache builds again (the prepare rows of --out), keep its pack rows")
     args = p.parse_args(argv)
     if args.child:
         kind, spec = args.child
-        print(json.dumps((child_pack if kind == "pack" else child_prepare)(json.loads(spec))))
+        child = {"pack": child_pack, "headline": child_headline}.get(kind, child_prepare)
+        print(json.dumps(child(json.loads(spec))))
         return 0
     out = Path(args.out)
     if args.markdown_only:
@@ -343,6 +436,11 @@ def jpeg_main(argv: list[str]) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(report))
 
+    if args.headline:
+        report = json.loads(out.read_text())
+        report["headline"] = measure_headline(args)
+        save(report)
+        return 0
     if args.prepare_only:
         report = json.loads(out.read_text())
         report["prepare"] = []
@@ -385,6 +483,50 @@ def measure(args, save) -> dict:
         report["packs"].append({"pack": label, "subtasks": s, **run_child("pack", spec, args.timeout)})
         save(report)
     return report
+
+
+def measure_headline(args) -> dict:
+    """The headline row: a fresh work directory (the pack builds its own cache), one child."""
+    import d3fmt
+
+    data = Path(args.data)
+    tree, _, size = make_jpeg_tree(data / "jpeg-c1000-n6", 1000, 6, 1, 96, 160, os.cpu_count() or 1)
+    runs = data / f"headline-{int(time.time())}"
+    spec = {"source": str(tree), "output": str(runs / "in1k.d3"), "work_dir": str(runs / "work"),
+            "threads": args.threads}
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    row = run_child("headline", spec, args.timeout)
+    held = 1000 * 6 * 3 * SIZE * SIZE
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "d3fmt_version": d3fmt.__version__,
+            "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), no GPU",
+            "load_average": load, "command": HEADLINE_COMMAND, "settings": HEADLINE_SETTINGS,
+            "source_mib": round(size / 2**20, 1), "train_uint8_mib": round(held / 2**20, 1),
+            "rss_target_mib": round((1.25 * held + 2 * 2**30) / 2**20), **row,
+            "plan_error": round(row["plan"]["peak"] / 2**20 / row["peak_rss_mib"] - 1, 3),
+            "imagenet": imagenet_plan(row["plan"])}
+
+
+def imagenet_plan(plan: dict) -> dict:
+    """The same command's plan for ImageNet-1k (1,281,167 train + 50,000 val at 64x64) on one 80 GB GPU."""
+    from d3fmt.distill.job import fit, pack_workload, partition_classes
+    from d3fmt.distill.memory import ITERATION_BYTES, default_limit, plan_memory
+    from d3fmt.distill.settings import pack_config
+    from d3fmt.format.budget import Budget
+    from d3fmt.sources.base import SourceInfo
+
+    info = SourceInfo("imagenet-1k", 1000, [f"c{i}" for i in range(1000)], (3, SIZE, SIZE), IMAGENET_TRAIN,
+                      IMAGENET_VAL, "x")
+    cfg = pack_config("imagenet", "in1k.d3", device="cpu", **{**HEADLINE_SETTINGS, "preset": "standard", "iterations": None})
+    budget = Budget.of(1000, info.image_shape, budget=cfg.budget, max_bytes=cfg.max_bytes)
+
+    def workload_of(s):
+        return pack_workload(cfg, info, s, fit(cfg, info, partition_classes(1000, s), budget))
+
+    limit = default_limit("cuda", 80 * 10**9)
+    gpu = plan_memory(workload_of, device="cuda", limit=limit, subtasks=1, batch_syn=0, mmd_classes=0,
+                      max_subtasks=1000)
+    return {"device": "one 80 GB GPU (preset standard: width 128)", "iteration_bound_gib": ITERATION_BYTES["cuda"] / 2**30,
+            **gpu.to_json(), "line": gpu.line()}
 
 
 def measure_prepare(args, runs: Path, tree: str, rows: list, saved) -> None:

@@ -35,6 +35,14 @@ def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
     from there and decode nothing. Run it once before a job array. An interrupted build
     resumes where it stopped; a changed source is rebuilt (with a message). Unreadable
     images are listed in the manifest; without --skip-bad they make this command fail.
+
+    \b
+    Identity: an entry is reused while the source has the same file names, sizes and
+    modification times (as make and rsync compare files; a source of at most 64 MiB:
+    the same bytes). An image replaced by another of the same size gets a new mtime and
+    the entry is rebuilt; so does a copy made without keeping times (cp -a, rsync -a keep
+    them). The content hash recorded in packed files leaves mtimes out: a copied dataset
+    is still the same data.
     """
     from d3fmt.sources.cache import CacheConfig
     from d3fmt.sources.spec import prepare_cache
@@ -64,7 +72,8 @@ def prepare_cmd(src, image_size, test, cache_dir, workers, skip_bad, quiet):
 @click.option("--test", help="A separate held-out source for the final evaluation.")
 @click.option("--holdout", type=float, help="Fraction held out for evaluation when SRC has no test split [0.2].")
 @click.option("--skip-bad", is_flag=True, default=D["skip_bad"], help="Skip (and count) unreadable images instead of failing.")
-@click.option("--subtasks", default=D["subtasks"], show_default=True, help="Class subsets distilled separately, each with its own experts and decoder.")
+@click.option("--subtasks", type=click.IntRange(1), help=f"Class subsets distilled separately, each with its own experts and decoder [{D['subtasks']}, more when the memory plan needs them].")
+@click.option("--max-memory", help="Memory the pack may use (8G, 512M, bytes): the plan printed before training chooses batch_syn, mmd_classes and --subtasks (when not given) to fit it, and refuses settings that cannot [the device's memory minus 10%, at least 1 GiB].")
 @click.option("--subtask", type=int, help="Distil only this subtask (0..S-1) into a partial file for `d3 merge` (job arrays).")
 @click.option("--label-sample", default=D["label_sample"], show_default=True, help="With --soft-labels: real images per class (the first ones) the all-class soft-label expert trains on.")
 @click.option("--representation", type=click.Choice(REPRESENTATIONS), default=D["representation"], show_default=True,
@@ -157,7 +166,7 @@ def pack_cmd(src, output, **settings):
     from d3fmt.packing import pack
 
     result = pack(src, output, **settings)
-    echo(pack_lines(result, output, settings["subtask"], settings["subtasks"]), err=result.path is None)
+    echo(pack_lines(result, output, settings["subtask"], settings["subtasks"] or D["subtasks"]), err=result.path is None)
 
 
 @main.command("merge", context_settings={"max_content_width": 100})

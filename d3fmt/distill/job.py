@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from d3fmt.device import resolve_device
 from d3fmt.distill.assemble import EVAL_RESERVE, make_header, measure_plan, placeholders
 from d3fmt.distill.budget import BudgetPlan, BudgetRequest, fit_budget, fit_teacher, gaussian_ratios, teacher_bytes
+from d3fmt.distill.experts import EVAL_BATCH, expert_batch_size
+from d3fmt.distill.memory import MemoryPlan, Workload, default_limit, plan_memory
 from d3fmt.distill.settings import PackConfig, run_key
 from d3fmt.errors import BudgetError, ConfigError
 from d3fmt.evaluation.evaluate import EvalResult
 from d3fmt.format.budget import Budget
+from d3fmt.format.decoders import DecoderConfig, decoder_param_count
 from d3fmt.models.teacher import AUTO_TEACHER
 from d3fmt.pixels import Pixels
 from d3fmt.sources import open_source
@@ -74,6 +79,7 @@ class PackContext:
     mean: list[float]
     std: list[float]
     run_dir: Path
+    memory: MemoryPlan | None = None  # the memory plan (d3fmt.distill.memory) the settings were chosen by
 
     @property
     def max_bytes(self) -> int:
@@ -110,12 +116,96 @@ def prepare(cfg: PackConfig) -> PackContext:
     source = open_pack_source(cfg)
     info = source.info
     budget = Budget.of(info.num_classes, info.image_shape, budget=cfg.budget, max_bytes=cfg.max_bytes)
+    cfg, memory, plan = plan_pack_memory(cfg, info, budget)
     partition = partition_classes(info.num_classes, cfg.subtasks)
-    plan = fit(cfg, info, partition, budget)
     mean, std = sample_stats(source, STATS_PER_CLASS)
     run_dir = Path(cfg.work_dir) / "runs" / run_key(cfg, info.content_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return PackContext(cfg, source, info, budget, partition, plan, mean, std, run_dir)
+    return PackContext(cfg, source, info, budget, partition, plan, mean, std, run_dir, memory)
+
+
+def plan_pack_memory(cfg: PackConfig, info, budget: Budget) -> tuple[PackConfig, MemoryPlan, BudgetPlan]:
+    """The memory plan before any training (:mod:`d3fmt.distill.memory`): the settings in
+    ``cfg.planned`` chosen so that it fits ``cfg.max_memory`` (default: the device's memory
+    minus a margin), the others checked (a MemoryPlanError when they do not fit). Returns the
+    config with the chosen values (``planned`` emptied, ``max_memory`` resolved, so that
+    worker processes recompute the same plan), the memory plan (printed unless quiet) and
+    the budget plan of the chosen subtask count."""
+    device = resolve_device(cfg.device if cfg.device != "auto" or not cfg.devices else cfg.devices[0])
+    limit = cfg.max_memory or default_limit(device.type, _device_total(device))
+    plans: dict[int, BudgetPlan] = {}
+
+    def workload_of(subtasks: int) -> Workload | None:
+        if subtasks not in plans:
+            try:
+                plans[subtasks] = fit(replace(cfg, subtasks=subtasks), info,
+                                      partition_classes(info.num_classes, subtasks), budget)
+            except BudgetError:
+                if subtasks == cfg.subtasks:
+                    raise
+                return None  # more subtasks: more decoders than the budget holds
+        return pack_workload(cfg, info, subtasks, plans[subtasks])
+
+    d = cfg.distill
+    memory = plan_memory(workload_of, device=device.type, limit=limit, subtasks=cfg.subtasks, batch_syn=d.batch_syn,
+                         mmd_classes=d.mmd_classes, choose=tuple(cfg.planned), max_subtasks=info.num_classes)
+    if not cfg.quiet:
+        print(memory.line(), file=sys.stderr)
+    cfg = replace(cfg, subtasks=memory.subtasks, planned=(), max_memory=limit,
+                  distill=replace(d, batch_syn=memory.batch_syn, mmd_classes=memory.mmd_classes))
+    return cfg, memory, plans[memory.subtasks]
+
+
+def _device_total(device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def pack_workload(cfg: PackConfig, info, subtasks: int, plan: BudgetPlan) -> Workload:
+    """The largest subtask's :class:`Workload` with ``subtasks`` subtasks under ``plan``."""
+    c, h, w = info.image_shape
+    classes = -(-info.num_classes // subtasks)  # the largest part of a balanced partition
+    per_class = info.num_train / max(1, info.num_classes)
+    train = int(round(per_class * classes))
+    test = int(round((info.num_test or 0) / max(1, info.num_classes) * classes))
+    net = cfg.experts.convnet_config(c, classes, h)
+    decoder = DecoderConfig.from_json(plan.decoders[0])
+    return Workload(
+        train_images=train, test_images=test, image_values=c * h * w, classes=classes,
+        latents_per_class=plan.latents_per_class, z_dim=decoder.z_dim,
+        syn_steps=cfg.distill.syn_steps if cfg.distill.iterations > cfg.distill.warmup else 0,
+        mmd_samples=cfg.distill.mmd_samples, mmd_real=cfg.distill.mmd_real, conv_values=convnet_values(net),
+        conv_params=convnet_params(net), decoder_values=decoder_values(decoder),
+        decoder_params=decoder_param_count(decoder), expert_batch=expert_batch_size(cfg.experts, train),
+        autoencoder_batch=cfg.distill.autoencoder.batch, eval_batch=EVAL_BATCH)
+
+
+def convnet_values(net) -> int:
+    """Activation values of one image through a ConvNet: conv, norm and activation outputs
+    of every block, its pooled output, the input."""
+    total, side, values = net.channels * net.image_size ** 2, net.image_size, 0
+    for out in net.pooled_sides():
+        values += 3 * net.width * side * side + (net.width * out * out if out != side else 0)
+        side = out
+    return total + values + net.num_classes
+
+
+def convnet_params(net) -> int:
+    convs = net.channels * net.width * 9 + (net.depth - 1) * net.width * net.width * 9
+    return convs + 3 * net.depth * net.width + net.feature_dim * net.num_classes + net.num_classes
+
+
+def decoder_values(cfg: DecoderConfig) -> int:
+    """Activation values of one decoded image: the linear start (output and norm), every
+    stage's conv and norm outputs (its activation is in place), the head and tanh, and the
+    normalised image."""
+    side = cfg.start_size
+    values = 0 if cfg.family == "large" else 2 * cfg.width * side * side
+    for c_out in cfg.stage_channels():
+        side *= 2
+        values += 2 * c_out * side * side
+    return values + 3 * cfg.channels * side * side
 
 
 def fit(cfg: PackConfig, info, parts, budget: Budget) -> BudgetPlan:

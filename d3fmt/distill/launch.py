@@ -76,6 +76,7 @@ def pack(cfg: PackConfig) -> PackResult | AnchorPackResult:
         return _pack_distributed(cfg, env)
     torch.manual_seed(cfg.seed)
     ctx = prepare(cfg)
+    cfg = ctx.cfg  # with the memory plan's choices (subtasks, batch_syn, mmd_classes)
     if cfg.subtask is not None:
         return _pack_part(ctx, resolve_device(cfg.device))
     devices = worker_devices(cfg)
@@ -264,7 +265,7 @@ def _rank_pack(cfg: PackConfig, env: DistEnv, device: torch.device) -> PackResul
     """This rank's subtasks, gathered on rank 0, which merges them into the file."""
     torch.manual_seed(cfg.seed)
     ctx = prepare(cfg)
-    ids = assign(cfg.subtasks, env.world_size)[env.rank]
+    ids = assign(ctx.cfg.subtasks, env.world_size)[env.rank]
     paths = distill_parts(ctx, ids, device)
     payload = b""
     if paths:

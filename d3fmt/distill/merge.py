@@ -278,7 +278,7 @@ def compare_codecs(container: D3Container, source, test_x, test_y, cfg: PackConf
     from d3fmt.evaluation.baseline import compare_same_bytes
     from d3fmt.evaluation.evaluate import TestSet
 
-    x, y = source.load("train")
+    x, y = source.view("train")  # a cached source: only the records the codecs pick are read
     test = TestSet(test_x, np.asarray(test_y, np.int64), f"{source.info.name} [test split]")
     ecfg = replace(cfg.evaluation, device=str(device))
     with bar(cfg.quiet, total=None, desc="same-bytes codecs", unit="codec") as pbar:

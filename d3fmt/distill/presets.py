@@ -35,6 +35,7 @@ DEFAULTS: dict[str, object] = dict(
     resume=False, quiet=False, teacher_width=0, teacher_epochs=6, priors="kmeans",
     compare=False, max_decode_mflop=None, cache_dir=None, no_cache=False, workers=None,
     representation="latent", anchor_bits=2,
+    max_memory=None,
 )
 
 

@@ -21,6 +21,7 @@ from d3fmt.augment import DSAParams
 from d3fmt.device import resolve_device
 from d3fmt.distill.autoencoder import AutoencoderConfig
 from d3fmt.distill.experts import ExpertConfig
+from d3fmt.distill.memory import CHOOSABLE, parse_bytes
 from d3fmt.distill.presets import DEFAULTS, REPRESENTATIONS, resolve_preset
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import ConfigError
@@ -78,6 +79,10 @@ class PackConfig:
     # context-coded levels, d3fmt.distill.anchors) with anchor_bits bits per pixel value
     representation: str = DEFAULTS["representation"]
     anchor_bits: int = DEFAULTS["anchor_bits"]
+    # the memory plan (d3fmt.distill.memory): its bound in bytes (None: the device's memory minus a
+    # margin) and the settings it may choose (those not given; emptied once chosen)
+    max_memory: int | None = DEFAULTS["max_memory"]
+    planned: tuple[str, ...] = ()
 
     def __post_init__(self):
         check_budget_args(self.budget, self.max_bytes)
@@ -97,6 +102,11 @@ class PackConfig:
             raise ConfigError(f"--max-decode-mflop must be >= 0 (0: no cap), got {self.max_decode_mflop}")
         if self.representation not in REPRESENTATIONS:
             raise ConfigError(f"--representation must be one of {', '.join(REPRESENTATIONS)}, got {self.representation!r}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError(f"--max-memory must be positive, got {self.max_memory} bytes")
+        self.planned = tuple(self.planned)
+        if set(self.planned) - set(CHOOSABLE):
+            raise ConfigError(f"planned settings must be among {CHOOSABLE}, got {list(self.planned)}")
         if self.label_sample < 1:
             raise ConfigError(f"--label-sample must be >= 1 image per class, got {self.label_sample}")
 
@@ -128,6 +138,10 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         "convnet_width": convnet_width, "num_experts": num_experts, "expert_epochs": expert_epochs,
         "iterations": iterations, "syn_steps": syn_steps, "eval_epochs": eval_epochs})
     seed, width, iterations = s["seed"], p["convnet_width"], p["iterations"]
+    # what the memory plan chooses: the settings not given (--subtasks also counts as given with --subtask)
+    planned = tuple(name for name in CHOOSABLE if settings.get(name) is None
+                    and not (name == "subtasks" and settings.get("subtask") is not None))
+    max_memory = None if s["max_memory"] is None else parse_bytes(s["max_memory"])
     return PackConfig(
         source=source, output=output, budget=s["budget"], max_bytes=s["max_bytes"], image_size=s["image_size"],
         test=s["test"], holdout=s["holdout"], skip_bad=s["skip_bad"], subtasks=s["subtasks"], subtask=s["subtask"],
@@ -138,6 +152,7 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
         teacher=TeacherConfig(epochs=s["teacher_epochs"]), compare=s["compare"],
         max_decode_mflop=s["max_decode_mflop"],
         cache_dir=cache_dir, workers=s["workers"], representation=s["representation"], anchor_bits=s["anchor_bits"],
+        max_memory=max_memory, planned=planned,
         experts=ExpertConfig(num_experts=p["num_experts"], epochs=p["expert_epochs"], width=width, seed=seed),
         distill=DistillConfig(iterations=iterations, syn_steps=p["syn_steps"], expert_epochs=s["match_epochs"],
                               max_start_epoch=s["max_start_epoch"], mmd_weight=s["mmd_weight"], seed=seed,
@@ -150,7 +165,8 @@ def pack_config(source: str, output: str, *, convnet_width: int | None = None,
 
 
 # Fields that say how or where a process runs, not what it computes.
-RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask", "cache_dir", "workers")
+RUN_ONLY_FIELDS = ("output", "work_dir", "resume", "quiet", "device", "devices", "subtask", "cache_dir", "workers",
+                   "max_memory", "planned")
 
 
 def settings_json(cfg: PackConfig) -> dict:

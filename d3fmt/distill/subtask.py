@@ -16,7 +16,7 @@ from d3fmt.distill.autoencoder import pretrain_cached
 from d3fmt.distill.experts import Trajectories, train_experts
 from d3fmt.distill.job import PackContext, load_subset, partition_hash
 from d3fmt.distill.trainer import DistillResult, distill, initial_result
-from d3fmt.errors import D3Error
+from d3fmt.errors import D3Error, training_errors
 from d3fmt.format import D3Container, D3Reader, write_d3
 from d3fmt.models.decoder import DecoderConfig
 from d3fmt.progress import bar
@@ -27,8 +27,14 @@ def distill_subtask(ctx: PackContext, i: int, device) -> tuple[DistillResult, Tr
     """Experts + autoencoder + distillation of subtask ``i``; randomness from (seed, i) only.
 
     With ``iterations == 0`` the autoencoder's decoder and priors are the result and no
-    experts are trained (the trajectories returned are then None).
+    experts are trained (the trajectories returned are then None). A RuntimeError from
+    torch (other than out of memory) becomes a one-line TrainingError naming the subtask.
     """
+    with training_errors(f"distilling subtask {i}"):
+        return _distill_subtask(ctx, i, device)
+
+
+def _distill_subtask(ctx: PackContext, i: int, device) -> tuple[DistillResult, Trajectories | None]:
     cfg, classes, source = ctx.cfg, ctx.partition[i], ctx.source
     x, y = load_subset(source, classes, "train", ctx.mean, ctx.std)  # [N_i, C, H, W], [N_i]
     dcfg = replace(cfg.distill, mean=tuple(ctx.mean), std=tuple(ctx.std),

@@ -511,6 +511,10 @@ def _load_checkpoint(path: Path, state: _State, key: str, iterations: int) -> No
         raise D3IOError(f"cannot read checkpoint {path}: {e}; delete it to start afresh") from e
     if meta.get("version") != CHECKPOINT_VERSION or meta.get("key") != key:
         raise ConfigError(f"checkpoint {path} was made with other settings or data; resume with the same settings or delete it")
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise TrainingError(f"checkpoint {path} holds non-finite values ({', '.join(sorted(bad)[:3])}); the run it "
+                            "comes from diverged: delete it and start afresh, with lower learning rates")
     if meta["iteration"] > iterations:
         raise ConfigError(f"checkpoint {path} is at iteration {meta['iteration']}, beyond the requested {iterations}")
     dev = state.mu.device

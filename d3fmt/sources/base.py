@@ -193,11 +193,7 @@ class Source:
         :meth:`labels`), in that order. An unreadable image is a SourceError naming it,
         whatever the bad-image policy: a chosen record cannot silently go missing."""
         part, ids = self._records(split, None)
-        wanted = ids[np.asarray(positions, dtype=np.int64)]
-        order = np.argsort(wanted, kind="stable")  # parts read records in ascending order
-        out = np.empty((len(wanted), *self.info.image_shape), dtype=np.uint8)
-        out[order] = SplitView(part, wanted[order], self.info.image_shape)[:]
-        return out
+        return SplitView(part, ids, self.info.image_shape)[np.asarray(positions, dtype=np.int64)]
 
     def iter_batches(self, split: str = "train", classes=None, batch_size: int = 256
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -275,10 +271,22 @@ class SplitView:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, s: slice) -> np.ndarray:
+    def __getitem__(self, s) -> np.ndarray:
+        """``view[a:b]``, ``view[i]`` or ``view[index_array]`` (the records in that order),
+        read from the part when asked for."""
+        if isinstance(s, (int, np.integer)):
+            return self[np.asarray([s])][0]
         if not isinstance(s, slice):
-            raise TypeError("a SplitView is read by slices: view[a:b]")
-        ids = self.ids[s]
+            index = np.asarray(s)
+            if index.dtype == bool or index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+                raise TypeError("a SplitView is read by slices, integers or 1-D integer index arrays")
+            order = np.argsort(index, kind="stable")  # read in file order, hand back in the order asked
+            out = np.empty((len(index), *self.shape[1:]), dtype=np.uint8)
+            out[order] = self._read(self.ids[index[order]])
+            return out
+        return self._read(self.ids[s])
+
+    def _read(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), *self.shape[1:]), dtype=np.uint8)   # [n, C, H, W]
         n = 0
         for got, images in self.part.read(ids, max(1, len(ids)), BadImages(skip=False)):
@@ -300,3 +308,4 @@ class SourceParts:
     test: Part | None          # the source's own held-out part, if it has one
     test_name: str | None      # how that part is called, e.g. "val/", "t10k", "x_test"
     content_hash: str
+    cache_stamp: str = ""      # the decoded-image cache's identity (hashing.FileHashes.stamp); "": content_hash

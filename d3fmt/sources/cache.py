@@ -34,8 +34,11 @@ Rules:
   skip counted in ``Source.skipped``.
 - Reads use ``pread`` into fresh arrays (no mapping stays resident); ``Source.view``
   reads a cached split a slice at a time.
-- Identity is the source's content hash: on a source above 64 MiB an edit that keeps
-  every file's size is not seen (delete the entry, or use another ``--cache-dir``).
+- Identity is the source's content hash plus its stamp (:mod:`d3fmt.sources.hashing`):
+  file names, sizes and modification times, as make and rsync compare them (a small
+  source: its bytes). An image replaced by one of the same size has a new mtime and the
+  entry is rebuilt; so is one whose files were copied without their times (``cp -a`` and
+  ``rsync -a`` keep them). An entry written before stamps existed is rebuilt once.
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ def _source_parts(parts: SourceParts) -> dict[str, Part]:
 
 def _plan(parts: SourceParts) -> dict:
     return {"format": CACHE_FORMAT, "kind": parts.kind, "content_hash": parts.content_hash,
+            "stamp": parts.cache_stamp or parts.content_hash,
             "channels": parts.channels, "side": parts.side, "block_records": BLOCK_RECORDS,
             "records": {name: len(p.labels) for name, p in _source_parts(parts).items()}}
 
@@ -240,6 +244,10 @@ def _reusable(entry: Path, plan: dict, class_names: list[str]) -> bool:
     if old != plan["content_hash"]:
         print(f"image cache {entry} was built from different data (content hash {str(old)[:12]} != "
               f"{plan['content_hash'][:12]}): the source changed; rebuilding it", file=sys.stderr)
+        return False
+    if manifest.get("stamp") != plan["stamp"]:
+        print(f"image cache {entry}: the source's files changed since it was built (names, sizes or "
+              f"modification times); rebuilding it", file=sys.stderr)
         return False
     same = all(manifest.get(k) == plan[k] for k in ("format", "kind", "channels", "side", "records")) \
         and manifest.get("class_names") == class_names

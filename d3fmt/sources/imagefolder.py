@@ -22,7 +22,7 @@ import numpy as np
 
 from d3fmt.errors import SourceError
 from d3fmt.sources.base import BadImages, ChunkFiller, Part, SourceParts
-from d3fmt.sources.hashing import hash_files
+from d3fmt.sources.hashing import file_hashes
 from d3fmt.sources.images import ImageDecodeError, decode_image, is_image_name, look_at_images
 
 TEST_DIRS = ("val", "test")
@@ -140,8 +140,9 @@ def open_imagefolder(root: Path, *, image_size: int | None, channels: int | None
         rel_all += [os.path.relpath(test_dir / p, root).replace(os.sep, "/") for p in test_paths]
 
     suffix = f" ({layout})" if layout else ""
+    hashes = file_hashes("imagefolder", root, rel_all)
     return SourceParts(
         kind="imagefolder", name=f"imagefolder:{root}{suffix}", class_names=classes,
         channels=channels, side=side, train=train, test=test,
         test_name=f"{test_dir.name}/" if test_dir is not None else None,
-        content_hash=hash_files("imagefolder", root, rel_all))
+        content_hash=hashes.content, cache_stamp=hashes.stamp)

@@ -33,7 +33,7 @@ import numpy as np
 
 from d3fmt.errors import SourceError
 from d3fmt.sources.base import READ_ERRORS, BadImages, ChunkFiller, Part, SourceParts, one_line
-from d3fmt.sources.hashing import hash_files
+from d3fmt.sources.hashing import file_hashes
 from d3fmt.sources.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, look_at_images
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -265,7 +265,8 @@ def open_shards(spec: str, *, image_size: int | None, channels: int | None,
     if names is not None:
         rels.append(os.path.relpath((shards[0].parent / "classes.json").resolve(), base))
     count = f"{len(shards)} shard" + ("s" if len(shards) > 1 else "")
+    hashes = file_hashes("webdataset", base, rels)
     return SourceParts(
         kind="webdataset", name=f"webdataset:{spec} ({count})", class_names=class_names,
         channels=part.channels, side=part.side, train=part, test=None, test_name=None,
-        content_hash=hash_files("webdataset", base, rels))
+        content_hash=hashes.content, cache_stamp=hashes.stamp)
