@@ -8,7 +8,12 @@ samples_per_class, seed, encoding) and returns its path. ``d3_file`` is a ready 
 Decoders are random, so images are structured noise; everything else is a real file.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tools/craft_d3.py, the file crafter
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from craft_d3 import craft  # tools/: the file crafter the fuzz campaign uses too
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_format_hostile import base, craft  # the hostile corpus' file crafter
+from test_format_hostile import base  # the hostile corpus' base file
 
 from d3fmt.errors import D3Error
 from d3fmt.format import D3Reader, encode_d3

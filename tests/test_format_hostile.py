@@ -7,20 +7,19 @@ so a reader that rejects for the wrong reason fails the test.
 
 from __future__ import annotations
 
-import copy
 import json
 import struct
 
 import numpy as np
 import pytest
 import zstandard
+from craft_d3 import craft  # tools/ (tests/conftest.py puts it on the path)
 
 from d3fmt.errors import FormatError, IntegrityError, LimitError, UnsupportedVersionError
 from d3fmt.format import D3Reader, encode_d3
 from d3fmt.format.constants import MAGIC, PREAMBLE_BYTES
 from d3fmt.format.decoders import decoder_param_shapes
 from d3fmt.format.example import example_container
-from d3fmt.format.layout import Preamble, align, digest
 
 
 def base(encoding: str = "float32", num_classes: int = 4, num_subtasks: int = 2, soft: bool = True,
@@ -32,71 +31,6 @@ def base(encoding: str = "float32", num_classes: int = 4, num_subtasks: int = 2,
     header = json.loads(data[PREAMBLE_BYTES:PREAMBLE_BYTES + stored_len])
     stored = {s["name"]: data[s["offset"]:s["offset"] + s["stored_bytes"]] for s in header["sections"]}
     return header, stored
-
-
-def craft(header, stored, *, layout=True, used=True, hashes=True, header_bytes=None, compress=False,
-          flags=None, major=1, minor=0, magic=MAGIC, stored_len=None, raw_len=None, header_hash=None,
-          extra_pad=0, pad_byte=b"\0", tail=b"", truncate=None, after_layout=None, header_json=None) -> bytes:
-    """File bytes from a header dict and stored section bytes, consistent unless told otherwise.
-
-    layout: recompute offsets/stored_bytes (the spec's fixed point, plus extra_pad);
-    used: bytes_used = file size; hashes: section hashes from the stored bytes;
-    after_layout(header): a last edit applied inside the fixed point (e.g. to an offset).
-    """
-    header = copy.deepcopy(header)
-    secs = header.get("sections", [])
-    secs = [s for s in secs if isinstance(s, dict)] if isinstance(secs, list) else []  # tolerate fuzzed headers
-    data = [stored.get(s.get("name"), b"") if isinstance(s.get("name"), str) else b"" for s in secs]
-    if hashes:
-        for s, d in zip(secs, data):
-            s["hash"] = digest(d).hex()
-    rel, pos = [], 0
-    for s, d in zip(secs, data):
-        pos = align(pos)
-        rel.append(pos)
-        if layout:
-            s["stored_bytes"] = len(d)
-        pos += len(d)
-    budget = header.get("budget")
-    first = 0
-    for _ in range(20):
-        if layout:
-            for s, r in zip(secs, rel):
-                s["offset"] = first + r
-        if after_layout is not None:
-            after_layout(header)
-        if used and isinstance(budget, dict):
-            budget["bytes_used"] = first + extra_pad + pos + len(tail)
-        raw = header_bytes if header_bytes is not None else json.dumps(
-            header, sort_keys=True, separators=(",", ":")).encode()
-        if header_json is not None:
-            raw = header_json(raw)
-        hb = zstandard.ZstdCompressor(level=3).compress(raw) if compress else raw
-        need = align(PREAMBLE_BYTES + len(hb))
-        if not layout or need <= first:
-            break
-        first = need
-    if layout and extra_pad:
-        for s, r in zip(secs, rel):
-            s["offset"] = first + extra_pad + r
-        raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        hb = zstandard.ZstdCompressor(level=3).compress(raw) if compress else raw
-    pre = Preamble(
-        len(hb) if stored_len is None else stored_len,
-        len(raw) if raw_len is None else raw_len,
-        digest(hb) if header_hash is None else header_hash,
-        (1 if compress else 0) if flags is None else flags, major, minor, magic,
-    ).pack()
-    out = bytearray(pre + hb)
-    for s, d in zip(secs, data):
-        offset = s.get("offset")
-        if not isinstance(offset, int) or offset > len(out) + 2**20:
-            continue  # nothing sensible to place
-        if offset >= len(out):
-            out += pad_byte * (offset - len(out))
-        out += d
-    out += tail
-    return bytes(out if truncate is None else out[:truncate])
 
 
 def frame(payload: bytes, *, content_size: int | None, window_log: int | None = None) -> bytes:

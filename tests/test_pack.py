@@ -25,7 +25,7 @@ from d3fmt.distill.settings import PackConfig
 from d3fmt.distill.trainer import DistillConfig
 from d3fmt.errors import BudgetError, ConfigError, SourceError, TrainingError
 from d3fmt.evaluation.evaluate import EvalConfig
-from d3fmt.format import D3Container, D3Reader, read_d3
+from d3fmt.format import Budget, D3Container, D3Reader, read_d3
 from d3fmt.sources.synthetic import make_shapes_folder
 
 TINY_ARGS = ["--iterations", "3", "--experts", "1", "--expert-epochs", "3", "--syn-steps", "2",
@@ -183,12 +183,14 @@ def test_budget_plan_is_the_same_in_every_process_of_a_job(tmp_path):
     info = open_source("digits").info
     parts = partition_classes(info.num_classes, 3)
     cfg = tiny_config(tmp_path)
-    plan = fit(cfg, info, parts, 10.0, 25600)
+    budget = Budget.of(info.num_classes, info.image_shape, budget=10.0)
+    assert budget.max_bytes == 25600
+    plan = fit(cfg, info, parts, budget)
     moved = replace(info, name="imagefolder:/a/much/longer/path/on/another/machine/" + "x" * 40)
     other = PackConfig(**{**cfg.__dict__, "source": "/elsewhere/" + "y" * 60, "evaluation": None,
                           "output": "/tmp/other.d3"})
-    assert fit(other, moved, parts, 10.0, 25600).choices() == plan.choices()
-    assert plan.decoders == fit(other, moved, parts, 10.0, 25600).decoders
+    assert fit(other, moved, parts, budget).choices() == plan.choices()
+    assert plan.decoders == fit(other, moved, parts, budget).decoders
 
 
 def test_torch_runtime_errors_become_one_line_training_errors(tmp_path, monkeypatch):

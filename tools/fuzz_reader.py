@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -48,6 +47,8 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from craft_d3 import craft  # noqa: E402  (tools/, next to this file)
 
 from d3fmt.errors import D3Error  # noqa: E402
 from d3fmt.format import D3Reader, encode_d3  # noqa: E402
@@ -84,14 +85,6 @@ def inputs() -> dict[str, bytes]:
 # --------------------------------------------------------------------------- file assembly
 
 
-def digest(data) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def align(n: int) -> int:
-    return -(-n // 8) * 8
-
-
 def split(data: bytes) -> tuple[dict, list[bytes], bool]:
     """(header dict, stored bytes of each section in header order, header compressed?)."""
     _, _, _, flags, stored, raw, _ = PREAMBLE.unpack_from(data)
@@ -102,49 +95,17 @@ def split(data: bytes) -> tuple[dict, list[bytes], bool]:
 
 
 def assemble(header: dict, stored: list[bytes], compress: bool, tokens: dict[str, str], fix: set[str]) -> bytes:
-    """File bytes for an edited header: what ``fix`` names is made consistent again.
-
-    fix: "hash" (section hashes), "layout" (stored_bytes and offsets, the fixed point),
-    "used" (bytes_used). ``tokens`` maps placeholder strings in the header to raw JSON text.
+    """File bytes for an edited header (:func:`craft_d3.craft`): what ``fix`` names is made
+    consistent again: "hash" (section hashes), "layout" (stored_bytes and offsets, the fixed
+    point), "used" (bytes_used). ``tokens`` maps placeholder strings in the header to raw JSON text.
     """
-    secs = header.get("sections")
-    secs = [s for s in secs if isinstance(s, dict)] if isinstance(secs, list) else []
-    data = [stored[i] if i < len(stored) else b"" for i in range(len(secs))]
-    if "hash" in fix:
-        for s, d in zip(secs, data):
-            s["hash"] = digest(d).hex()
-    rel, pos = [], 0
-    for s, d in zip(secs, data):
-        pos = align(pos)
-        rel.append(pos)
-        if "layout" in fix:
-            s["stored_bytes"] = len(d)
-        pos += len(d)
-    budget = header.get("budget")
-    first = 0
-    for _ in range(8):
-        if "layout" in fix:
-            for s, r in zip(secs, rel):
-                s["offset"] = first + r
-        if "used" in fix and isinstance(budget, dict):
-            budget["bytes_used"] = first + pos
-        text = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    def with_tokens(raw: bytes) -> bytes:
         for key, token in tokens.items():
-            text = text.replace(json.dumps(key), token)
-        raw = text.encode("utf-8", "surrogatepass")
-        hb = zstandard.ZstdCompressor(level=3).compress(raw) if compress else raw
-        need = align(48 + len(hb))
-        if "layout" not in fix or need <= first:
-            break
-        first = need
-    out = bytearray(PREAMBLE.pack(b"\x89D3F\r\n\x1a\n", 1, 0, int(compress), len(hb), len(raw), digest(hb)))
-    out += hb
-    for s, d in zip(secs, data):
-        offset = s.get("offset")
-        if isinstance(offset, int) and len(out) <= offset <= len(out) + 4096:
-            out += bytes(offset - len(out))
-        out += d
-    return bytes(out)
+            raw = raw.replace(json.dumps(key).encode(), token.encode())
+        return raw
+
+    return craft(header, stored, layout="layout" in fix, used="used" in fix, hashes="hash" in fix,
+                 compress=compress, header_json=with_tokens if tokens else None)
 
 
 # --------------------------------------------------------------------------- mutations
