@@ -168,7 +168,32 @@ def markdown(report: dict) -> str:
                          f"{first['bytes'] if first['bytes'] is not None else ''} | "
                          f"{first.get('images_per_class') or ''} | {steps} | {cells['plain']} | {cells['dsa']} | "
                          f"{f'**{100 * means[best]:.2f}** ({best})' if best else ''} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + verdicts(rows)) + "\n"
+
+
+def _best(rows: list[dict], method: str, budget, steps: int) -> float | None:
+    """The method's mean final accuracy at its better recipe (None when it has no run)."""
+    means = [np.mean([r["accuracy"] for r in rows if (r["method"], r["budget"], r["steps"], r["recipe"]) ==
+                      (method, budget, steps, rec)]) for rec in RECIPES
+             if any((r["method"], r["budget"], r["steps"], r["recipe"]) == (method, budget, steps, rec) for r in rows)]
+    return max(means) if means else None
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """Per budget and step count: each .d3 row against the best codec row, without and with a
+    teacher, every method at its better recipe (generated from the rows above)."""
+    out = ["## Verdict (each method at its better recipe; generated from the rows above)", ""]
+    for budget, steps in sorted({(r["budget"], r["steps"]) for r in rows if r["budget"] is not None}):
+        methods = {r["method"] for r in rows if (r["budget"], r["steps"]) == (budget, steps)}
+        codecs = {m: _best(rows, m, budget, steps) for m in methods if m.startswith("codec:")}
+        plain = {m: a for m, a in codecs.items() if "+teacher" not in m}
+        taught = {m: a for m, a in codecs.items() if "+teacher" in m}
+        for m in sorted(x for x in methods if not x.startswith("codec:")):
+            acc = _best(rows, m, budget, steps)
+            parts = [f"{name} {100 * a:.2f}%: {100 * (acc - a):+.2f} points"
+                     for name, a in sorted({**plain, **taught}.items())]
+            out.append(f"- budget {budget:g}, {steps} steps: {m} {100 * acc:.2f}% against " + "; ".join(parts))
+    return out
 
 
 def _cell(values) -> str:
