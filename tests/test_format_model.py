@@ -25,7 +25,8 @@ def test_golden_headers_round_trip_exactly(path):
         header = r.header
     typed = Header.from_json(header)
     assert canonical(typed.to_json()) == canonical({k: v for k, v in header.items() if k != "sections"})
-    assert typed.subtasks[0].tensors.mu == "s0.mu" and typed.budget.max_bytes == header["budget"]["max_bytes"]
+    assert typed.budget.max_bytes == header["budget"]["max_bytes"] and typed.anchors == header.get("anchors")
+    assert typed.subtasks[0].tensors.mu == "s0.mu" if typed.subtasks else typed.anchors["stream"] == "anchors.stream"
 
 
 def test_optional_and_unknown_keys_survive():
