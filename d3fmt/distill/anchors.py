@@ -7,12 +7,12 @@ labelling teacher. Each anchor is one component of its class's mixture; the load
 them like decoded samples (``d3fmt.dataset``), so D3Dataset, ``d3 eval`` and export work
 unchanged. Against the codec family of ``d3 baseline codecs``, the same random images in
 the same bytes, the context coder stores about 1.4x as many images as posterised pixels +
-zstd-19 (benchmarks/fmnist-ablation.md, section 8).
+zstd-19 (benchmarks/fmnist-ablation.md, section 9).
 
 The subset is the codec family's (``codecs.class_orders`` with the pack seed), so the
 anchors of budget B extend the competitor's subset: what the file adds is images, never a
 different pick. The largest per-class count whose whole file fits the cap is found by
-bisection over real encodings.
+the codec family's own search (``codecs.largest_fitting``) over real encodings.
 """
 
 from __future__ import annotations
