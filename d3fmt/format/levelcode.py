@@ -89,9 +89,9 @@ def context_count(levels: int) -> int:
 
 
 def _contexts(img: np.ndarray, levels: int) -> np.ndarray:
-    """Context ids of every pixel of planes ``img`` [..., H, W] (int64, same shape)."""
+    """Context ids of every pixel of planes ``img`` [..., H, W] (int32, same shape)."""
     h, w = img.shape[-2:]
-    pad = np.zeros(img.shape[:-2] + (h + 1, w + 2), dtype=np.int64)
+    pad = np.zeros(img.shape[:-2] + (h + 1, w + 2), dtype=np.int32)  # ids < 4096
     pad[..., 1:, 1:-1] = img
     west, north = pad[..., 1:, :-2], pad[..., :-1, 1:-1]
     if levels > 8:
@@ -125,16 +125,16 @@ def encode_levels(levels: np.ndarray, num_levels: int, lanes: int | None = None)
     shape.validate()
     if arr.size and int(arr.max()) >= num_levels:
         raise ConfigError(f"anchor levels hold {int(arr.max())}, not below {num_levels} levels")
-    flat = arr.reshape(n, c * h * w).astype(np.int64)  # [N, P] symbols
-    ctx = _contexts(arr.astype(np.int64), num_levels).reshape(n, c * h * w)  # [N, P]
+    flat = arr.reshape(n, c * h * w)  # [N, P] symbols, uint8
+    ctx = _contexts(arr, num_levels).reshape(n, c * h * w).astype(np.uint16)  # [N, P], ids < 4096
     counts = np.ones((context_count(num_levels), num_levels), dtype=np.int64)
     groups, members = _schedule(shape)
-    freq = np.empty((n, c * h * w), dtype=np.int64)
-    start = np.empty((n, c * h * w), dtype=np.int64)
+    freq = np.empty((n, c * h * w), dtype=np.uint16)  # f and cum are below TOTAL = 2^14: 4 bytes a symbol
+    start = np.empty((n, c * h * w), dtype=np.uint16)
     for g in range(groups):  # forward: the model each symbol is coded with
         ids = members[g]
         for p in range(c * h * w):
-            cx, sym = ctx[ids, p], flat[ids, p]
+            cx, sym = ctx[ids, p].astype(np.int64), flat[ids, p].astype(np.int64)
             f, cum = _frequencies(counts[cx])
             pick = np.arange(len(ids))
             freq[ids, p], start[ids, p] = f[pick, sym], cum[pick, sym]
@@ -146,7 +146,7 @@ def encode_levels(levels: np.ndarray, num_levels: int, lanes: int | None = None)
         ids = members[g]
         lanes = np.arange(len(ids))
         for p in reversed(range(c * h * w)):
-            f, cum = freq[ids, p], start[ids, p]
+            f, cum = freq[ids, p].astype(np.int64), start[ids, p].astype(np.int64)
             x = state[lanes]
             emit = x >= limit_unit * f
             emitted.append((x[emit] & 0xFFFF)[::-1])  # lanes descending
