@@ -60,3 +60,17 @@ def test_section_names():
     assert Subtask.from_json(s.to_json()) == s
     b = BudgetRecord(ipc=1.0, max_bytes=10, bytes_used=0, ipc_equivalent_fp32=0.0, ipc_equivalent_uint8=0.0)
     assert BudgetRecord.from_json(b.to_json()) == b
+
+
+def test_source_date_epoch_pins_the_creation_time(monkeypatch):
+    """SOURCE_DATE_EPOCH (reproducible builds) fixes provenance.created; a bad value is a clear error."""
+    from d3fmt.errors import ConfigError
+    from d3fmt.format.model import utc_now
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1765000000")
+    assert utc_now() == "2025-12-06T05:46:40Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH"):
+        utc_now()
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert utc_now() != "2025-12-06T05:46:40Z" and len(utc_now()) == 20

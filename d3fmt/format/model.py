@@ -12,16 +12,29 @@ the keys names and types. Section names come from :mod:`d3fmt.format.sections`.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
+from d3fmt.errors import ConfigError
 from d3fmt.format.budget import Budget
 from d3fmt.format.sections import tensor_names
 
 
 def utc_now() -> str:
-    """The time as header fields spell it (``provenance.created``): 2025-01-01T00:00:00Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The time as header fields spell it (``provenance.created``): 2025-01-01T00:00:00Z.
+
+    ``SOURCE_DATE_EPOCH`` (seconds since 1970, the reproducible-builds convention) pins it,
+    so that two packs of the same data and settings are the same bytes: the header is
+    compressed, so even a one-second difference can change the file's size."""
+    pinned = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if pinned:
+        if not pinned.isdigit():
+            raise ConfigError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {pinned!r}; unset it or fix it")
+        when = datetime.fromtimestamp(int(pinned), timezone.utc)
+    else:
+        when = datetime.now(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Record:
