@@ -145,13 +145,17 @@ def fit_anchors(src: AnchorSource, cfg: AnchorConfig, budget: Budget, settings: 
                 reserve: int = 0) -> AnchorFit:
     """The most anchors per class whose whole file is at most ``budget.max_bytes - reserve``."""
     cap = budget.max_bytes - reserve
-    fits: dict[int, tuple] = {}
+    sizes: dict[int, int] = {}
+    best: dict[int, tuple] = {}  # the largest n known to fit -> (container, stream bytes): one container held
 
     def size(n: int) -> int:
-        if n not in fits:
+        if n not in sizes:
             container, stream = anchor_container(src, n, cfg, budget, settings, finish)
-            fits[n] = (container, stream, len(encode_d3(container)))
-        return fits[n][2]
+            sizes[n] = len(encode_d3(container))
+            if sizes[n] <= cap and n > max(best, default=0):
+                best.clear()
+                best[n] = (container, stream)
+        return sizes[n]
 
     if src.pool.limit == 0:
         raise BudgetError("a class has no training image; every class needs at least one")
@@ -159,7 +163,8 @@ def fit_anchors(src: AnchorSource, cfg: AnchorConfig, budget: Budget, settings: 
     if lo == 0:
         raise BudgetError(f"not even one anchor per class fits in {cap:,} bytes; raise --budget or lower "
                           "--anchor-bits")
-    container, stream_bytes, file_bytes = fits[lo]
+    container, stream_bytes = best[lo]
+    file_bytes = sizes[lo]
     return AnchorFit(lo, container, file_bytes, stream_bytes)
 
 
