@@ -178,3 +178,23 @@ def test_fashion_mnist_budget_1_matches_the_issue_table():
         fit = fit_subset(codec, x, y, 10, 31_360)
         assert math.isclose(fit.per_class, n, abs_tol=tolerance), (codec, fit.per_class)
         assert fit.bytes <= 31_360 < fit.next_bytes
+
+
+@pytest.mark.parametrize("cap", [0, 99, 100, 101, 950, 10**6])
+def test_largest_fitting_finds_the_exact_largest_n(cap):
+    """For any growing size, the search returns the largest n that fits and the first that does not."""
+    from d3fmt.evaluation.codecs import largest_fitting
+
+    def size(n: int) -> int:  # sublinear growth, like an encoder's bytes per image shrinking
+        return 40 + 60 * n - int(2 * n**1.2)
+
+    lo, hi = largest_fitting(size, cap, limit=30)
+    want = max([n for n in range(31) if n == 0 or size(n) <= cap])
+    assert lo == want and hi == (None if want == 30 else want + 1)
+
+
+def test_largest_fitting_refuses_an_empty_class():
+    from d3fmt.evaluation.codecs import largest_fitting
+
+    with pytest.raises(ConfigError, match="a class has no training image"):
+        largest_fitting(lambda n: n, 100, limit=0)

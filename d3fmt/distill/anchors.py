@@ -157,8 +157,6 @@ def fit_anchors(src: AnchorSource, cfg: AnchorConfig, budget: Budget, settings: 
                 best[n] = (container, stream)
         return sizes[n]
 
-    if src.pool.limit == 0:
-        raise BudgetError("a class has no training image; every class needs at least one")
     lo, _ = largest_fitting(size, cap, src.pool.limit)
     if lo == 0:
         raise BudgetError(f"not even one anchor per class fits in {cap:,} bytes; raise --budget or lower "

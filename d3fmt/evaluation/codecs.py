@@ -342,7 +342,10 @@ def largest_fitting(size, max_bytes: int, limit: int, probe: int = 4) -> tuple[i
     From a small probe on, each next n is extrapolated from the bytes per class-round of
     the last one tried (at least 1% further, so it converges from either side), kept
     strictly between the largest n known to fit and the smallest known not to, until those
-    are adjacent (or every n fits): a few encodings, not a bisection's many."""
+    are adjacent (or every n fits): a few encodings, not a bisection's many. ``limit`` is
+    the smallest class's image count: 0 (a class with no image) is a ConfigError."""
+    if limit < 1:
+        raise ConfigError("a class has no training image; every class needs at least one")
     lo, hi = 0, None  # lo fits (n = 0 trivially); hi does not fit (None: none known yet)
     n = min(max(1, probe), limit)
     while hi is None or hi - lo > 1:
@@ -383,8 +386,6 @@ def fit_subset(codec: str, images: np.ndarray, labels: np.ndarray, num_classes: 
             cache[n] = encode(codec, images[idx], np.asarray(labels)[idx], num_classes)
         return cache[n].bytes
 
-    if limit == 0:
-        raise ConfigError("a class has no training image; every class needs at least one")
     lo, hi = largest_fitting(size, max_bytes, limit, probe)
     next_bytes = size(hi) if hi is not None else None
     return FittedSubset(codec, lo, subset_indices(orders, lo), cache[lo] if lo else None, int(max_bytes), next_bytes)
