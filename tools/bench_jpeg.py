@@ -208,6 +208,8 @@ class StageTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.peak_before: dict[str, float] = {}  # peak RSS (MiB) so far when each stage first starts
+        self.peak_after: dict[str, float] = {}  # ... and when it last ends: the stage's peak if it grew
         self.memory = None
 
     def install(self) -> None:
@@ -227,10 +229,12 @@ class StageTimer:
     def _timed(self, fn, stage):
         def timed(*args, **kw):
             start = time.perf_counter()
+            self.peak_before.setdefault(stage, round(_peak_mib(), 1))
             try:
                 return fn(*args, **kw)
             finally:
                 self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+                self.peak_after[stage] = round(_peak_mib(), 1)
         return timed
 
 
@@ -250,6 +254,7 @@ def child_headline(spec: dict) -> dict:
     stages = {k: round(v, 1) for k, v in timer.seconds.items()}
     stages["other"] = round(wall - sum(timer.seconds.values()), 1)  # opening, cache build, budget fit, merge
     return {"wall_s": round(wall, 1), "stages_s": stages, "peak_rss_mib": round(_peak_mib(), 1),
+            "peak_before_mib": timer.peak_before, "peak_after_mib": timer.peak_after,
             "plan": timer.memory.to_json(), "plan_line": timer.memory.line(), "file_bytes": result.file_bytes}
 
 
@@ -353,6 +358,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _stage_peaks(h: dict) -> list[str]:
+    """Peak RSS so far at each stage's start and end: which stage set the peak."""
+    if not h.get("peak_after_mib"):
+        return []
+    cells = [f"{stage} {h['peak_before_mib'][stage]:,.0f} -> {h['peak_after_mib'][stage]:,.0f}"
+             for stage in h["peak_after_mib"]]
+    return ["Peak RSS so far (MiB) at the start -> end of each stage: " + "; ".join(cells) + ".", ""]
+
+
 def _shared_note(load: str) -> str:
     return " (other jobs shared the cores: wall times are inflated)" if float(load.split()[0]) > 1.0 else ""
 
@@ -375,6 +389,7 @@ def headline_markdown(h: dict) -> list[str]:
         f"{h['wall_s']} | {st.get('experts', 0)} | {st.get('autoencoder', 0)} | {st.get('distillation', 0)} | "
         f"{st.get('other', 0)} |", "",
         f"The plan as printed: `{h['plan_line']}`", "",
+        *_stage_peaks(h),
         f"Target (issue 20): peak RSS <= 1.25 x the uint8 train images + 2 GiB = {h['rss_target_mib']:,} MiB. "
         "`other` = opening the tree, building the cache, the budget fit and the memory plan, the merge and write.", "",
         f"**ImageNet-1k (1,281,167 images) on one 80 GB GPU**, the plan for the same command with the `standard` "
