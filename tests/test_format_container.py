@@ -201,6 +201,25 @@ def test_write_is_atomic_when_the_process_dies_mid_write(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["a.d3"]  # the temp file is gone too
 
 
+def test_atomic_replace_streams_from_a_writer_and_keeps_the_old_file_on_failure(tmp_path):
+    """A writer that takes a file name (safetensors' save_file) writes the temp file; the target
+    changes only when it finishes; any failure leaves the old bytes and no temp file."""
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"old")
+    container_mod.atomic_replace(path, lambda tmp: Path(tmp).write_bytes(b"new"))
+    assert path.read_bytes() == b"new"
+
+    def half_then_fail(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("the writer failed")
+
+    with pytest.raises(RuntimeError, match="the writer failed"):
+        container_mod.atomic_replace(path, half_then_fail)
+    with pytest.raises(D3IOError, match="No space left"):
+        container_mod.atomic_replace(path, lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["c.bin"]
+
+
 def test_write_to_a_missing_directory_is_a_clean_error(tmp_path):
     with pytest.raises(D3IOError, match="does not exist"):
         write_d3(tmp_path / "no" / "a.d3", example_container())

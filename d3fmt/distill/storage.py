@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from d3fmt.errors import D3IOError
-from d3fmt.format.container import atomic_write
+from d3fmt.format.container import atomic_replace, atomic_write
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,9 +25,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write named tensors (contiguous CPU copies) as one safetensors file, atomically."""
+    """Write named tensors (contiguous CPU copies) as one safetensors file, atomically,
+    straight from the tensors (a checkpoint of 359,000 priors is 0.5 GB: no copy of it in memory)."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    _atomic_write_bytes(path, save(cpu, metadata=metadata))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_replace(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def save_json(path: Path, obj) -> None:

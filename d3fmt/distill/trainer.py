@@ -207,7 +207,9 @@ def distill(
     written every ``cfg.checkpoint_every`` iterations and at the end; ``resume=True``
     continues from it (same config required), else a fresh run overwrites it. ``init``:
     the autoencoder stage's decoder and priors to start from (see
-    :func:`d3fmt.distill.autoencoder.pretrain`) instead of a random decoder and N(0, I).
+    :func:`d3fmt.distill.autoencoder.pretrain`) instead of a random decoder and N(0, I);
+    on the CPU its priors are trained in place, not copied (at ImageNet scale they are
+    hundreds of MB): pass a copy to keep them.
     """
     device = torch.device(device)
     task = _make_task(x, y, num_classes, decoder_cfg, latents_per_class, trajectories, cfg, device)
@@ -225,6 +227,9 @@ def distill(
             done = state.iteration
             if ckpt is not None and (done == cfg.iterations or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                 _save_checkpoint(ckpt, state, key)
+    for opt in (state.opt_prior, state.opt_decoder, state.opt_lr):  # gradients and momenta: free them before
+        opt.zero_grad(set_to_none=True)  # the result copies the priors (each is K*L*z values)
+        opt.state.clear()
     return _result(state, time.perf_counter() - t0)
 
 
@@ -284,13 +289,15 @@ def _init_state(task: _Task, decoder_cfg: DecoderConfig, init: Pretrained | None
         torch.manual_seed(cfg.seed)  # decoder init depends on the seed only
         decoder = build_decoder(decoder_cfg).to(device).train()
     n_priors = task.num_classes * task.lpc
-    mu = torch.randn(n_priors, decoder_cfg.z_dim, generator=g) * cfg.init_mu_std
-    logvar = torch.full((n_priors, decoder_cfg.z_dim), cfg.init_logvar)
-    if init is not None:
+    if init is None:
+        mu = torch.randn(n_priors, decoder_cfg.z_dim, generator=g) * cfg.init_mu_std
+        logvar = torch.full((n_priors, decoder_cfg.z_dim), cfg.init_logvar)
+    else:
         if tuple(init.mu.shape) != (n_priors, decoder_cfg.z_dim):
             raise ConfigError(f"pre-trained priors are {list(init.mu.shape)}, expected {[n_priors, decoder_cfg.z_dim]}")
         decoder.load_state_dict(init.decoder_state)
-        mu, logvar = init.mu.clone(), init.logvar.clone()
+        _skip_normals(g, n_priors * decoder_cfg.z_dim)  # the stream a random start would have drawn
+        mu, logvar = init.mu.detach(), init.logvar.detach()  # trained in place: no copy of K*L*z values
     mu = mu.to(device).requires_grad_(True)
     logvar = logvar.to(device).requires_grad_(True)
     alpha = torch.tensor(cfg.lr_init, device=device).requires_grad_(True)
@@ -306,6 +313,14 @@ def _init_state(task: _Task, decoder_cfg: DecoderConfig, init: Pretrained | None
         generator=g,
         history=[],
     )
+
+
+def _skip_normals(g: torch.Generator, count: int, chunk: int = 1 << 16) -> None:
+    """Advance ``g`` as ``torch.randn(count)`` would, a chunk at a time (the same stream:
+    CPU normals are drawn in blocks of 16 and the chunk is a multiple of 16)."""
+    while count > 0:
+        torch.randn(min(chunk, count), generator=g)
+        count -= chunk
 
 
 # ---------------------------------------------------------------------------------------

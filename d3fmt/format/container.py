@@ -220,6 +220,19 @@ def write_d3(path, container: D3Container, *, codec: str = "zstd", compress_head
 
 def atomic_write(path, data: bytes) -> None:
     """Write to a temp file next to ``path``, fsync, then os.replace onto ``path``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_replace(path, write)
+
+
+def atomic_replace(path, produce) -> None:
+    """``produce(tmp)`` writes a temp file next to ``path``; it is fsynced, then replaces
+    ``path`` (a writer that takes a file name, like safetensors' ``save_file``, streams
+    from the tensors without a copy of the whole file in memory). On any failure ``path``
+    is left as it was and the temp file is removed."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -231,10 +244,13 @@ def atomic_write(path, data: bytes) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        produce(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
         tmp = None
