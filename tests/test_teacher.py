@@ -195,3 +195,17 @@ def test_teacher_width_option_parses_auto_and_defaults_to_none():
     assert pack_config("digits", "x.d3", budget=10, teacher_width=AUTO_TEACHER).teacher_width == AUTO_TEACHER
     res = CliRunner().invoke(main, ["pack", "digits", "-o", "x.d3", "--budget", "10", "--teacher-width", "wide"])
     assert res.exit_code == 2 and "neither auto nor a width" in res.output
+
+
+@pytest.mark.parametrize("n", [20, 600])
+def test_teacher_progress_total_counts_its_passes(n):
+    """The teacher's progress bar has a total: the number of progress calls train_teacher makes."""
+    from d3fmt.distill.labels import teacher_passes, train_teacher
+    from d3fmt.models.teacher import TeacherConfig
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8), np.arange(n) % 2
+    cfg = TeacherConfig(width=4, epochs=2, batch=256)
+    calls = []
+    train_teacher(x, y, 2, [0.5], [0.25], cfg, progress=lambda epoch, loss: calls.append(epoch))
+    assert len(calls) == teacher_passes(n, cfg) == {20: 1000, 600: 334}[n]

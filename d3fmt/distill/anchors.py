@@ -203,7 +203,7 @@ def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
     from d3fmt.device import resolve_device
     from d3fmt.distill.budget import fit_teacher
     from d3fmt.distill.job import STATS_PER_CLASS, open_pack_source, sample_stats
-    from d3fmt.distill.labels import label_sample, train_teacher
+    from d3fmt.distill.labels import label_sample, teacher_passes, train_teacher
     from d3fmt.distill.settings import settings_json
     from d3fmt.evaluation.evaluate import evaluate_representation
     from d3fmt.format.container import atomic_write
@@ -223,7 +223,8 @@ def pack_anchors(cfg, anchor: AnchorConfig) -> AnchorPackResult:
     if width:
         x, y = label_sample(source, cfg.teacher.per_class)
         tcfg = replace(cfg.teacher, width=width)
-        with bar(cfg.quiet, total=None, desc=f"teacher (ConvNet-{width})", unit="pass") as pbar:
+        with bar(cfg.quiet, total=teacher_passes(len(y), tcfg), desc=f"teacher (ConvNet-{width})",
+                 unit="pass") as pbar:
             model = train_teacher(x, y, info.num_classes, mean, std, tcfg, device=device,
                                   seed=derive_seed(cfg.seed, "teacher"), progress=lambda e, loss: pbar.update(1))
         del x, y

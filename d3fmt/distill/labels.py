@@ -18,7 +18,7 @@ from d3fmt.distill.experts import train_experts
 from d3fmt.distill.job import class_heads
 from d3fmt.distill.settings import PackConfig
 from d3fmt.errors import ConfigError
-from d3fmt.evaluation.evaluate import EvalConfig, real_epochs, train_model
+from d3fmt.evaluation.evaluate import EvalConfig, batch_bounds, real_epochs, train_model
 from d3fmt.format import D3Container
 from d3fmt.loader.representation import tanh_to_normalized
 from d3fmt.models.convnet import ConvNet, load_flat_
@@ -90,7 +90,7 @@ def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None
     tcfg = replace(cfg.teacher, width=width)
     x, y = label_sample(source, tcfg.per_class)  # one class at a time; at most per_class * K images
     norm = header["normalization"]
-    with bar(cfg.quiet, total=None, desc=f"teacher (ConvNet-{width})", unit="pass") as pbar:
+    with bar(cfg.quiet, total=teacher_passes(len(y), tcfg), desc=f"teacher (ConvNet-{width})", unit="pass") as pbar:
         def tick(epoch, loss):
             pbar.update(1)
             pbar.set_postfix(loss=f"{loss:.3f}")
@@ -101,6 +101,16 @@ def add_teacher(container: D3Container, cfg: PackConfig, source, device) -> None
                    vector_encoding=choices.get("vector_encoding", "float16"))
 
 
+def teacher_steps(n: int, cfg: TeacherConfig) -> int:
+    """SGD steps of a teacher trained on ``n`` images: ``cfg.epochs`` passes, at least MIN_TEACHER_STEPS."""
+    return max(MIN_TEACHER_STEPS, cfg.epochs * math.ceil(n / cfg.batch))
+
+
+def teacher_passes(n: int, cfg: TeacherConfig) -> int:
+    """How many times :func:`train_teacher` calls ``progress``: once per pass over the images."""
+    return math.ceil(teacher_steps(n, cfg) / len(batch_bounds(n, cfg.batch)))
+
+
 def train_teacher(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, mean, std, cfg: TeacherConfig,
                   device="cpu", seed: int = 0, progress=None) -> ConvNet:
     """Train the teacher on real uint8 images [N, C, H, W] with the evaluation protocol
@@ -108,8 +118,7 @@ def train_teacher(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, mean, st
     if not cfg.enabled:
         raise ConfigError("the teacher is disabled (width 0); give --teacher-width N")
     c, h, _ = (int(v) for v in np.shape(x_uint8)[1:])
-    steps = max(MIN_TEACHER_STEPS, cfg.epochs * math.ceil(len(y) / cfg.batch))
-    ecfg = EvalConfig(model="convnet", steps=steps, width=cfg.width, batch_size=cfg.batch, device=str(device))
+    ecfg = EvalConfig(model="convnet", steps=teacher_steps(len(y), cfg), width=cfg.width, batch_size=cfg.batch, device=str(device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConvNet(teacher_config(c, num_classes, h, cfg.width))
