@@ -50,8 +50,8 @@ def test_fit_takes_the_most_anchors_that_fit_and_the_codec_family_pick():
     assert fit.file_bytes <= budget.max_bytes < len(encode_d3(more))
     rep = Representation.from_container(fit.container)
     want = subset_indices(class_orders(y, 3, 0), fit.per_class)  # the same images as the codec family's subset
-    assert rep.anchors.levels.dtype == torch.uint8  # held as stored, a quarter of float32's memory
-    assert np.array_equal(rep.anchors.levels.numpy(), unposterize(posterize(x[want], 2), 2))
+    assert rep.anchors.pixels.dtype == torch.uint8  # held as stored, a quarter of float32's memory
+    assert np.array_equal(rep.anchors.pixels.numpy(), unposterize(posterize(x[want], 2), 2))
 
 
 def test_loader_yields_every_anchor_once_per_epoch_with_its_class(tmp_path):

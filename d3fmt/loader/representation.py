@@ -92,7 +92,7 @@ class SubtaskView:
 class Anchors:
     """The file's anchors (format 1.2): real images kept as a few levels, class-major."""
 
-    levels: torch.Tensor  # [A, C, H, W] uint8 (the stored levels as 0..255: a quarter of float32's memory)
+    pixels: torch.Tensor  # [A, C, H, W] uint8, each level as its value (a quarter of float32's memory)
     counts: torch.Tensor  # [K] int64, anchors of each class (0 for classes not loaded)
     starts: torch.Tensor  # [K] int64, row of each class's first anchor
 
@@ -109,15 +109,15 @@ class Anchors:
         counts = torch.tensor([int(n) for n in entry["counts"]], dtype=torch.int64)
         if counts.shape[0] != num_classes or bool((counts < 0).any()):
             raise FormatError(f"anchors list counts for {counts.shape[0]} classes, the file has {num_classes}")
-        levels = torch.from_numpy(anchor_pixels(entry, image_shape, get_tensor))  # [A, C, H, W] uint8
+        pixels = torch.from_numpy(anchor_pixels(entry, image_shape, get_tensor))  # [A, C, H, W] uint8
         starts = torch.cumsum(counts, 0) - counts
         if wanted is not None:
             keep = torch.tensor([c in wanted for c in range(num_classes)])
             counts = torch.where(keep, counts, torch.zeros_like(counts))
-        return cls(levels, counts, starts)
+        return cls(pixels, counts, starts)
 
     def to(self, device) -> "Anchors":
-        return Anchors(self.levels.to(device), self.counts.to(device), self.starts.to(device))
+        return Anchors(self.pixels.to(device), self.counts.to(device), self.starts.to(device))
 
     def count(self, cls: int) -> int:
         return int(self.counts[int(cls)])
@@ -128,7 +128,7 @@ class Anchors:
 
     def images(self, cls: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Anchor ``index`` of each class -> [N, C, H, W] pixels in [0, 1]."""
-        return self.levels[self.starts[cls] + index].float().div_(255)
+        return self.pixels[self.starts[cls] + index].float().div_(255)
 
 
 class Representation:
