@@ -19,21 +19,21 @@ from d3fmt.errors import D3IOError
 from d3fmt.format.container import atomic_replace, atomic_write
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _in_made_dir(path: Path) -> Path:
+    """``path``, its directory created if missing (caches and checkpoints make their own)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, data)
+    return Path(path)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write named tensors (contiguous CPU copies) as one safetensors file, atomically,
     straight from the tensors (a checkpoint of 359,000 priors is 0.5 GB: no copy of it in memory)."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_replace(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+    atomic_replace(_in_made_dir(path), lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def save_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write(_in_made_dir(path), (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def load_json(path: Path) -> dict:
